@@ -1,0 +1,171 @@
+"""Learning objectives for unnormalized models q(x) ∝ exp(−E(x)).
+
+**Convention.** Every ``sm_*`` function returns a tensor of shape ``[batch]`` whose mean estimates the
+Hyvärinen score-matching objective (paper eq. 7, with E the energy)
+
+    J(x) = ½‖∇ₓE(x)‖² − ΔₓE(x),
+
+and is differentiable in the energy's parameters, so ``objective(energy, x).mean().backward()`` trains
+the model. J equals the Fisher divergence D_F(p‖q) up to a constant that does not depend on the model
+(chapter 1). Where an estimator also carries a parameter-independent constant, its docstring says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+Energy = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _as_input(x: torch.Tensor) -> torch.Tensor:
+    """A tensor we can differentiate with respect to: ``x`` itself if it already tracks gradients."""
+    if not torch.is_tensor(x) or x.dim() != 2:
+        raise ValueError(f"x must be a tensor of shape [batch, d], got {getattr(x, 'shape', type(x))}")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    return x if x.requires_grad else x.detach().requires_grad_(True)
+
+
+def evaluate_energy(energy: Energy, x: torch.Tensor) -> torch.Tensor:
+    """Call ``energy`` on ``x`` and check that it returns one finite-shaped value per sample."""
+    e = energy(x)
+    if e.dim() == 2 and e.shape[1] == 1:
+        e = e.squeeze(1)
+    if e.shape != x.shape[:1]:
+        raise ValueError(
+            f"an energy must map a batch [batch, d] to energies [batch]; got {tuple(e.shape)} "
+            f"for input {tuple(x.shape)}"
+        )
+    return e
+
+
+def energy_and_grad(energy: Energy, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """E(x) and ∇ₓE(x) for a batch, keeping the graph so that both can be differentiated again."""
+    x = _as_input(x)
+    e = evaluate_energy(energy, x)
+    (g,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)
+    return e, g
+
+
+def laplacian(grad: torch.Tensor, x: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
+    """ΔE = Σᵢ ∂²E/∂xᵢ² from the gradient ``grad = ∇ₓE(x)``: one backward pass per dimension.
+
+    This is the d-fold cost that makes exact score matching expensive (chapter 1). For small d a loop of
+    autograd calls is faster than forming the Hessian.
+    """
+    lap = torch.zeros_like(grad[:, 0])
+    for i in range(x.shape[1]):
+        (h_i,) = torch.autograd.grad(grad[:, i].sum(), x, create_graph=create_graph)
+        lap = lap + h_i[:, i]
+    return lap
+
+
+def sm_exact(energy: Energy, x: torch.Tensor) -> torch.Tensor:
+    """Exact score matching, J(x) = ½‖∇E(x)‖² − ΔE(x) (Hyvärinen, 2005; paper eq. 7; chapter 1).
+
+    The Laplacian is computed exactly with d extra backward passes.
+    """
+    x = _as_input(x)
+    _, g = energy_and_grad(energy, x)
+    return 0.5 * (g**2).sum(-1) - laplacian(g, x)
+
+
+def sm_sliced(
+    energy: Energy, x: torch.Tensor, n_slices: int = 1, variance_reduction: bool = True
+) -> torch.Tensor:
+    """Sliced score matching (Song et al., 2019; chapter 1).
+
+    The Laplacian is replaced by the Hutchinson estimate vᵀ∇²E v with v ~ N(0, I), one Hessian-vector
+    product (one extra backward pass) per slice. With ``variance_reduction=True`` (SSM-VR) the first term
+    is the exact ½‖∇E‖²; without it, ½(vᵀ∇E)², whose mean over v is the same. Unbiased for J for any
+    number of slices.
+    """
+    if not isinstance(n_slices, int) or n_slices < 1:
+        raise ValueError(f"n_slices must be a positive integer, got {n_slices!r}")
+    x = _as_input(x)
+    _, g = energy_and_grad(energy, x)
+    total = torch.zeros_like(g[:, 0])
+    for _ in range(n_slices):
+        v = torch.randn_like(x)
+        gv = (g * v).sum(-1)
+        (hv,) = torch.autograd.grad(gv.sum(), x, create_graph=True)
+        first = 0.5 * (g**2).sum(-1) if variance_reduction else 0.5 * gv**2
+        total = total + first - (hv * v).sum(-1)
+    return total / n_slices
+
+
+def _check_eps(eps: float) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"the step size eps must be a positive finite number, got {eps!r}")
+    return float(eps)
+
+
+def sm_denoising(
+    energy: Energy, x: torch.Tensor, eps: float, control_variate: bool = True
+) -> torch.Tensor:
+    """Denoising score matching with noise variance σ² = ε (Vincent, 2011; paper eqs. 12–15; chapters 1, 4).
+
+    With x̃ = x + √ε z, the per-sample DSM loss is L = ‖√ε z − ε∇E(x̃)‖² (eq. 12 with ψ = ε∇E). Its Taylor
+    expansion (appendix A) gives E[L] = εd + 2ε²J + O(ε³), so
+
+    * ``control_variate=True`` returns (L − ε‖z‖² + 2ε^{3/2} zᵀ∇E(x)) / (2ε²) (eq. 15 halved): mean J + O(ε),
+      variance O(1) as ε → 0;
+    * ``control_variate=False`` returns L / (2ε²), whose mean is J **plus the parameter-independent
+      constant d / (2ε)**, and whose variance grows without bound as ε → 0 (eq. 14).
+
+    Both have the same expected θ-gradient, that of J. The control variate costs one extra gradient
+    evaluation at the clean x.
+    """
+    eps = _check_eps(eps)
+    x = _as_input(x)
+    z = torch.randn_like(x)
+    x_noisy = x + math.sqrt(eps) * z
+    _, g_noisy = energy_and_grad(energy, x_noisy)
+    loss = ((math.sqrt(eps) * z - eps * g_noisy) ** 2).sum(-1)
+    if control_variate:
+        _, g_clean = energy_and_grad(energy, x)
+        loss = loss - eps * (z**2).sum(-1) + 2 * eps**1.5 * (z * g_clean).sum(-1)
+    return loss / (2 * eps**2)
+
+
+def sm_mvl(
+    energy: Energy,
+    x: torch.Tensor,
+    eps: float,
+    control_variate: bool = True,
+    rescale: bool = False,
+) -> torch.Tensor:
+    """The one-step minimum-velocity estimator of score matching (paper eqs. 10–11; chapter 3).
+
+    Take one Langevin step from the data towards q^{1/2} ∝ exp(−E/2),
+
+        x⁻ = x − (ε/2)∇E(x) + √(2ε) z,   z ~ N(0, I),
+
+    and return (E(x) − E(x⁻))/ε, plus the control variate √(2/ε) zᵀ∇E(x) when ``control_variate=True``
+    (section 3.2.1). The mean tends to J(x) = ½‖∇E‖² − ΔE as ε → 0; without the control variate the
+    variance grows as Θ(1/ε) (eq. 11, chapter 4), with it it stays O(1).
+
+    The gradient flows through x⁻ (through ∇E(x)); detaching the sample gives a different, wrong
+    gradient (chapter 3). ``rescale=True`` uses the per-sample step ε/max(1, ‖∇E(x)‖²) for stability
+    (the estimate is then divided by that per-sample step).
+
+    Floating point: the estimator subtracts two nearly equal energies, so its rounding error is about
+    (machine epsilon × |E|)/ε. Keep ε ≥ 1e-4 in float32; use float64 for smaller ε; keep TF32 off.
+    """
+    eps = _check_eps(eps)
+    x = _as_input(x)
+    e, g = energy_and_grad(energy, x)
+    if rescale:
+        step = eps / torch.clamp((g.detach() ** 2).sum(-1), min=1.0)
+    else:
+        step = torch.full_like(e, eps)
+    z = torch.randn_like(x)
+    x_minus = x - 0.5 * step[:, None] * g + torch.sqrt(2 * step)[:, None] * z
+    e_minus = evaluate_energy(energy, x_minus)
+    out = (e - e_minus) / step
+    if control_variate:
+        out = out + torch.sqrt(2 / step) * (z * g).sum(-1)
+    return out

@@ -1,0 +1,88 @@
+"""Figures shared by the chapters: densities of 2-D energies beside the data, and training curves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .data import density_grid
+
+
+def plot_density(
+    ax,
+    log_density: Callable[[torch.Tensor], torch.Tensor],
+    xlim: tuple[float, float] = (-4.0, 4.0),
+    ylim: tuple[float, float] = (-4.0, 4.0),
+    data: torch.Tensor | None = None,
+    title: str | None = None,
+    n: int = 150,
+    n_points: int = 500,
+    cmap: str = "viridis",
+):
+    """Filled contours of the (grid-normalized) density exp(log_density) with an optional data overlay.
+
+    For an energy E pass ``log_density=lambda x: -E(x)``. Returns the contour set (for a colour bar).
+    """
+    param = None
+    if isinstance(log_density, torch.nn.Module):
+        param = next(log_density.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else "cpu"
+    xs, ys, dens = density_grid(log_density, xlim, ylim, n=n, dtype=dtype, device=device)
+    cs = ax.contourf(xs.numpy(), ys.numpy(), dens.float().numpy(), levels=30, cmap=cmap)
+    if data is not None:
+        pts = data[:n_points].detach().cpu().numpy()
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, c="white", alpha=0.5, linewidths=0)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return cs
+
+
+def energy_log_density(energy: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The unnormalized log density −E(x) of an energy, evaluated without tracking gradients."""
+
+    def log_density(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return -energy(x)
+
+    return log_density
+
+
+def smooth(values: Sequence[float], window: int = 25) -> np.ndarray:
+    """A centred moving average, for noisy per-iteration losses."""
+    v = np.asarray(values, dtype=float)
+    if window <= 1 or len(v) < window:
+        return v
+    kernel = np.ones(window) / window
+    pad = window // 2
+    padded = np.pad(v, (pad, window - 1 - pad), mode="edge")
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def plot_curves(
+    ax,
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str = "iteration",
+    ylabel: str = "loss",
+    window: int = 1,
+    logy: bool = False,
+    title: str | None = None,
+):
+    """Plot named curves ``{label: (x, y)}`` (optionally smoothed) on one axis with a legend."""
+    for label, (x, y) in curves.items():
+        ax.plot(x, smooth(y, window), label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)

@@ -1,0 +1,114 @@
+"""Samplers that simulate gradient flows of KL(·‖q) (chapter 2), and are reused by MVL (chapters 3–5).
+
+* Langevin dynamics simulates the gradient flow of KL in the 2-Wasserstein space (Fokker–Planck).
+* SVGD (Liu & Wang, 2016) simulates it in the H-Wasserstein space, with an RBF kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from .objectives import Energy, _check_eps, energy_and_grad
+
+
+def langevin_step(
+    energy: Energy, x: torch.Tensor, eps: float, beta: float = 1.0, create_graph: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One unadjusted Langevin step targeting q^β ∝ exp(−βE) (chapter 2, eq. 3 in flat space):
+
+        x' = x − ε β ∇E(x) + √(2ε) z,   z ~ N(0, I).
+
+    Returns ``(x', z)``. ``beta=1/2`` is the step MVL takes (chapter 3). With ``create_graph=False`` the
+    new state is detached (a sampler); with ``True`` it stays differentiable in the energy's parameters.
+    """
+    eps = _check_eps(eps)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+    _, g = energy_and_grad(energy, x, create_graph=create_graph)
+    z = torch.randn_like(x)
+    x_new = x - eps * beta * g + math.sqrt(2 * eps) * z
+    if not create_graph:
+        x_new = x_new.detach()
+    return x_new, z
+
+
+def langevin_chain(
+    energy: Energy,
+    x0: torch.Tensor,
+    eps: float,
+    n_steps: int,
+    beta: float = 1.0,
+    thin: int = 0,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run ``n_steps`` Langevin steps from ``x0`` (detached). Returns the final state, or with ``thin=k > 0``
+    the final state and the list of states every k steps (including the start), e.g. for plotting the flow.
+    """
+    if not isinstance(n_steps, int) or n_steps < 0:
+        raise ValueError(f"n_steps must be a non-negative integer, got {n_steps!r}")
+    x = x0.detach()
+    trace = [x.clone()] if thin else None
+    steps = range(n_steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="Langevin")
+    for t in steps:
+        x, _ = langevin_step(energy, x, eps, beta)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(
+                f"Langevin chain diverged at step {t + 1} (non-finite state); lower the step size eps={eps}"
+            )
+        if thin and (t + 1) % thin == 0:
+            trace.append(x.clone())
+    return (x, trace) if thin else x
+
+
+def median_bandwidth(x: torch.Tensor) -> torch.Tensor:
+    """The median heuristic of SVGD: h = med(‖xᵢ − xⱼ‖²) / log(n + 1) (Liu & Wang, 2016)."""
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("the median heuristic needs at least two particles")
+    sq = torch.cdist(x, x) ** 2
+    off = sq[~torch.eye(n, dtype=torch.bool, device=x.device)]
+    h = off.median() / math.log(n + 1)
+    return torch.clamp(h, min=1e-8)
+
+
+def rbf_kernel(
+    x: torch.Tensor, y: torch.Tensor, bandwidth: float | torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The RBF kernel k(x, y) = exp(−‖x − y‖² / h) and its gradient in the first argument.
+
+    Returns ``(K, dK)`` with ``K[i, j] = k(xᵢ, yⱼ)`` and ``dK[i, j] = ∇_{xᵢ} k(xᵢ, yⱼ)`` (shape
+    ``[n, m, d]``). ``bandwidth=None`` uses the median heuristic on x (detached).
+    """
+    h = median_bandwidth(x.detach()) if bandwidth is None else torch.as_tensor(bandwidth, dtype=x.dtype)
+    diff = x[:, None, :] - y[None, :, :]
+    k = torch.exp(-(diff**2).sum(-1) / h)
+    dk = -2.0 / h * diff * k[..., None]
+    return k, dk
+
+
+Kernel = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def svgd_direction(energy: Energy, x: torch.Tensor, kernel: Kernel = rbf_kernel, create_graph: bool = False) -> torch.Tensor:
+    """The SVGD velocity φ(xᵢ) = (1/n) Σⱼ [−k(xⱼ, xᵢ)∇E(xⱼ) + ∇_{xⱼ} k(xⱼ, xᵢ)] (chapter 2).
+
+    It is the steepest descent direction of KL(·‖q) in the RKHS of the kernel: a driving term towards low
+    energy and a repulsive term that keeps the particles apart.
+    """
+    _, g = energy_and_grad(energy, x, create_graph=create_graph)
+    k, dk = kernel(x, x)
+    n = x.shape[0]
+    return (-(k.T @ g) + dk.sum(0)) / n
+
+
+def svgd_step(energy: Energy, x: torch.Tensor, eps: float, kernel: Kernel = rbf_kernel) -> torch.Tensor:
+    """One SVGD step x' = x + ε φ(x) targeting q ∝ exp(−E) (Liu & Wang, 2016; chapter 2). Detached."""
+    eps = _check_eps(eps)
+    return (x + eps * svgd_direction(energy, x, kernel)).detach()

@@ -1,0 +1,86 @@
+"""A small training loop for energy-based models fitted by any per-sample objective (chapters 1, 3–5)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+Objective = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def check_finite(value: torch.Tensor, what: str, step: int) -> None:
+    """Raise a ``FloatingPointError`` that says where training diverged and what to try."""
+    if not torch.isfinite(value).all():
+        raise FloatingPointError(
+            f"{what} became non-finite at iteration {step}. Lower the learning rate or the step size eps, "
+            f"use float64 for very small eps, or enable spectral normalization."
+        )
+
+
+def train_energy(
+    energy: nn.Module,
+    data: torch.Tensor,
+    objective: Objective,
+    n_iter: int,
+    batch_size: int = 200,
+    lr: float = 4e-3,
+    optimizer: str = "adam",
+    monitor: Objective | None = None,
+    monitor_every: int = 0,
+    progress: bool = True,
+    desc: str | None = None,
+) -> dict[str, list[float]]:
+    """Fit ``energy`` to ``data`` by minimizing ``objective(energy, batch).mean()`` with minibatches.
+
+    ``objective`` is any per-sample loss, e.g. ``mvl.objectives.sm_sliced`` or
+    ``functools.partial(mvl.objectives.sm_mvl, eps=1e-3)``. Every ``monitor_every`` iterations the mean of
+    ``monitor`` (default: the training objective) on a fixed held-in batch is recorded. Returns a history
+    with ``"iter"``, ``"loss"`` (training loss per iteration), ``"monitor_iter"``, ``"monitor"`` and
+    ``"seconds"``. Raises ``FloatingPointError`` if the loss becomes NaN or infinite.
+    """
+    if not isinstance(n_iter, int) or n_iter < 1:
+        raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    params = [p for p in energy.parameters() if p.requires_grad]
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr)
+    elif optimizer == "rmsprop":
+        opt = torch.optim.RMSprop(params, lr=lr)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'adam', 'rmsprop' or 'sgd'")
+    n = data.shape[0]
+    monitor_fn = monitor or objective
+    monitor_batch = data[torch.randperm(n)[: min(n, 1000)]]
+    hist: dict[str, list[float]] = {"iter": [], "loss": [], "monitor_iter": [], "monitor": [], "seconds": []}
+    steps = range(1, n_iter + 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=desc or getattr(objective, "__name__", "training"), leave=False)
+    start = time.perf_counter()
+    energy.train()
+    for it in steps:
+        idx = torch.randint(0, n, (min(batch_size, n),))
+        loss = objective(energy, data[idx]).mean()
+        check_finite(loss, "the training loss", it)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        hist["iter"].append(it)
+        hist["loss"].append(loss.item())
+        if monitor_every and (it % monitor_every == 0 or it == n_iter):
+            value = monitor_fn(energy, monitor_batch).mean().detach()
+            check_finite(value, "the monitored objective", it)
+            hist["monitor_iter"].append(it)
+            hist["monitor"].append(value.item())
+    hist["seconds"].append(time.perf_counter() - start)
+    return hist

@@ -1,0 +1,119 @@
+"""Consistency of the book: configuration, table of contents, notebooks' conventions, citations."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import mvl
+from mvl.book import write_stats_page
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+
+
+def toc_files(node):
+    if isinstance(node, dict):
+        if "file" in node:
+            yield node["file"]
+        for v in node.values():
+            yield from toc_files(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from toc_files(v)
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def code_cells(nb):
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def source(cell):
+    return "".join(cell["source"])
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no chapter notebooks found"
+
+
+def test_config_essentials():
+    assert CONFIG["execute"]["execute_notebooks"] == "off"
+    assert CONFIG["only_build_toc_files"] is True
+    for pattern in (".venv", "_build", "tests"):
+        assert pattern in CONFIG["exclude_patterns"]
+    assert {"sphinx_proof", "sphinx_exercise"} <= set(CONFIG["sphinx"]["extra_extensions"])
+    assert {"amsmath", "dollarmath"} <= set(CONFIG["parse"]["myst_enable_extensions"])
+    assert CONFIG["launch_buttons"]["colab_url"].startswith("https://colab.research.google.com")
+
+
+def test_repository_url_is_consistent():
+    url = CONFIG["repository"]["url"]
+    assert url == mvl.REPOSITORY_URL
+    for path in NOTEBOOKS:
+        setup = source(code_cells(load(path))[0])
+        assert "import mvl" in setup, f"{path.name}: the first code cell must import mvl"
+        urls = re.findall(r"https?://[^\s\"'@]+", setup)
+        assert urls, f"{path.name}: the setup cell must pip-install mvl from the repository when it is missing"
+        for u in urls:
+            assert u.rstrip("/").removesuffix(".git") == url, f"{path.name}: setup cell uses {u}, _config.yml {url}"
+
+
+def test_toc_lists_every_notebook_and_only_existing_files():
+    files = list(toc_files(TOC))
+    for f in files:
+        assert any((ROOT / (f + ext)).exists() for ext in ("", ".md", ".ipynb")), f"_toc.yml names missing {f}"
+    for path in NOTEBOOKS:
+        assert f"notebooks/{path.stem}" in files, f"{path.name} is not in _toc.yml"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_conventions(path):
+    nb = load(path)
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    cells = code_cells(nb)
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: exactly one cell must be tagged 'parameters'"
+    params = source(cells[tagged[0]])
+    for line in ('profile = "book"', 'device = "auto"', "seed = 0"):
+        assert line in params, f"{path.name}: the parameters cell must contain {line!r}"
+    assert "injected-parameters" not in json.dumps(nb), f"{path.name}: stored notebook has papermill-injected parameters"
+    after = source(cells[tagged[0] + 1])
+    assert "mvl.setup(" in after, f"{path.name}: the cell after the parameters cell must call mvl.setup(...)"
+    assert any("assert " in source(c) for c in cells), f"{path.name}: no assert cell checks the chapter's claims"
+    outputs = [c for c in cells if c.get("outputs")]
+    assert len(outputs) >= len(cells) // 2, f"{path.name}: stored outputs are missing (run python -m mvl.book run)"
+    errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{path.name}: stored outputs contain errors"
+    first_output = "".join(
+        "".join(o.get("text", "")) for c in cells[tagged[0] + 1 : tagged[0] + 2] for o in c.get("outputs", [])
+    )
+    assert "profile: book" in first_output, f"{path.name}: stored outputs must come from the book profile"
+
+
+def test_every_citation_is_in_the_bibliography():
+    bib = (ROOT / "book" / "references.bib").read_text()
+    keys = set(re.findall(r"@\w+\{([^,]+),", bib))
+    texts = [p.read_text() for p in (ROOT / "book").glob("*.md")] + [p.read_text() for p in NOTEBOOKS]
+    cited = set()
+    for t in texts:
+        for group in re.findall(r"\{cite[a-z:]*\}`([^`]+)`", t):
+            cited.update(k.strip() for k in group.split(","))
+    missing = cited - keys
+    assert not missing, f"cited but not in references.bib: {sorted(missing)}"
+
+
+def test_stats_page(tmp_path):
+    out = tmp_path / "stats.md"
+    write_stats_page(
+        {"a|book": {"notebook": "a.ipynb", "profile": "book", "device": "cpu (1 threads)", "torch": "2", "wall_seconds": 75.0, "date": "2026-01-01"}},
+        out,
+    )
+    text = out.read_text()
+    assert "| `a.ipynb` | book | 1 min 15 s | cpu (1 threads) |" in text
