@@ -8,4 +8,3 @@ book profile).
 import os
 
 os.environ.setdefault("MVL_PROFILE", "quick")
-os.environ.setdefault("MPLBACKEND", "Agg")
