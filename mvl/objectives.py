@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch.nn.utils import parametrize
 
 Energy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -137,6 +138,7 @@ def sm_mvl(
     eps: float,
     control_variate: bool = True,
     rescale: bool = False,
+    detach_sample: bool = False,
 ) -> torch.Tensor:
     """The one-step minimum-velocity estimator of score matching (paper eqs. 10–11; chapter 3).
 
@@ -149,22 +151,35 @@ def sm_mvl(
     variance grows as Θ(1/ε) (eq. 11, chapter 4), with it it stays O(1).
 
     The gradient flows through x⁻ (through ∇E(x)); detaching the sample gives a different, wrong
-    gradient (chapter 3). ``rescale=True`` uses the per-sample step ε/max(1, ‖∇E(x)‖²) for stability
+    gradient (chapter 3). ``detach_sample=True`` exists only to demonstrate this: it treats x⁻ as a constant,
+    and the expected θ-gradient becomes that of E_p[¼‖∇E‖² − ΔE] = 2 J(q^{1/2}), the score-matching objective
+    of q^{1/2}, whose minimizer is q ∝ p² instead of q = p. Never train with it. ``rescale=True`` uses the
+    per-sample step ε/max(1, ‖∇E(x)‖²) for stability
     (the estimate is then divided by that per-sample step).
+
+    Both energies are evaluated with the same weights (``torch.nn.utils.parametrize.cached``): in training
+    mode a spectrally normalized layer would otherwise update its power iteration between the two calls,
+    and that change of weights, divided by ε, biases the estimate enough to derail training.
 
     Floating point: the estimator subtracts two nearly equal energies, so its rounding error is about
     (machine epsilon × |E|)/ε. Keep ε ≥ 1e-4 in float32; use float64 for smaller ε; keep TF32 off.
     """
     eps = _check_eps(eps)
     x = _as_input(x)
-    e, g = energy_and_grad(energy, x)
-    if rescale:
-        step = eps / torch.clamp((g.detach() ** 2).sum(-1), min=1.0)
-    else:
-        step = torch.full_like(e, eps)
-    z = torch.randn_like(x)
-    x_minus = x - 0.5 * step[:, None] * g + torch.sqrt(2 * step)[:, None] * z
-    e_minus = evaluate_energy(energy, x_minus)
+    # Both energies must come from the same weights: a parametrized layer (spectral normalization) runs a
+    # power iteration at every call in training mode, and a change of the weights between the two calls,
+    # divided by ε, would swamp the estimate. ``cached`` computes such weights once for both calls.
+    with parametrize.cached():
+        e, g = energy_and_grad(energy, x)
+        if rescale:
+            step = eps / torch.clamp((g.detach() ** 2).sum(-1), min=1.0)
+        else:
+            step = torch.full_like(e, eps)
+        z = torch.randn_like(x)
+        x_minus = x - 0.5 * step[:, None] * g + torch.sqrt(2 * step)[:, None] * z
+        if detach_sample:
+            x_minus = x_minus.detach()
+        e_minus = evaluate_energy(energy, x_minus)
     out = (e - e_minus) / step
     if control_variate:
         out = out + torch.sqrt(2 / step) * (z * g).sum(-1)

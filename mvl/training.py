@@ -84,3 +84,31 @@ def train_energy(
             hist["monitor"].append(value.item())
     hist["seconds"].append(time.perf_counter() - start)
     return hist
+
+
+def time_step(
+    energy: nn.Module, objective: Objective, x: torch.Tensor, repeats: int = 3, warmup: int = 1
+) -> float:
+    """Median wall time in seconds of one training step's work: ``objective(energy, x).mean()`` and its
+    backward pass (chapter 3 times the estimators of score matching as the dimension grows).
+
+    ``warmup`` untimed calls come first (allocations, lazy initialization); on a GPU the clock waits
+    for the device to finish.
+    """
+    for name, value, lo in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    times = []
+    for i in range(warmup + repeats):
+        energy.zero_grad(set_to_none=True)
+        sync()
+        start = time.perf_counter()
+        loss = objective(energy, x).mean()
+        loss.backward()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    energy.zero_grad(set_to_none=True)
+    check_finite(loss.detach(), "the timed objective", warmup + repeats)
+    return float(sorted(times)[len(times) // 2])
