@@ -124,3 +124,124 @@ def test_bad_inputs_raise():
         sm_exact(lambda v: v, x)
     with pytest.raises(ValueError, match="floating-point"):
         sm_exact(energy, torch.ones(3, 3, dtype=torch.long))
+
+
+# --- chapter 3 (issue 3): the minimum-velocity estimator against closed forms -------------------------
+
+
+def quadratic_mvl_bias(x, eps):
+    """For E(x) = ½xᵀAx the one-step estimator's mean over z is exactly J(x) − (ε/8) xᵀA³x."""
+    return -(eps / 8) * ((x @ A @ A @ A) * x).sum(-1)
+
+
+@pytest.mark.parametrize("eps", [1e-4, 1e-3, 1e-2])
+def test_sm_mvl_matches_quadratic_closed_form(eps):
+    torch.manual_seed(5)
+    energy = QuadraticEnergy(A)
+    x = gaussian_sample(200_000, seed=6)
+    est = sm_mvl(energy, x, eps).detach()
+    # the mean is the closed-form objective 1/2 tr(A^2 Sigma) + 1/2 mu^T A^2 mu - tr A, within Monte-Carlo error
+    closed = energy.sm_objective(MU, SIGMA).item()
+    bias = -(eps / 8) * (torch.trace(A @ A @ A @ SIGMA) + MU @ A @ A @ A @ MU).item()
+    assert z_score(est, closed + bias) < 4
+    # per sample, after removing the exact O(eps) term, only the zero-mean noise of z is left (a sharper test)
+    exact = (0.5 * ((x @ A @ A) * x).sum(-1) - torch.trace(A)).detach()
+    assert z_score(est - exact - quadratic_mvl_bias(x, eps), 0.0) < 4
+
+
+def test_sm_mvl_bias_is_order_eps():
+    """The paired test above can fail: at a large step the O(ε) term is detected, and it has the predicted size."""
+    torch.manual_seed(7)
+    energy = QuadraticEnergy(A)
+    x = gaussian_sample(200_000, seed=8)
+    eps = 0.1
+    diff = (sm_mvl(energy, x, eps) - sm_exact(energy, x)).detach()
+    assert z_score(diff, 0.0) > 10
+    assert z_score(diff - quadratic_mvl_bias(x, eps), 0.0) < 4
+
+
+def test_sm_mvl_rescaled_step_quadratic():
+    torch.manual_seed(9)
+    energy = QuadraticEnergy(A)
+    x = gaussian_sample(200_000, seed=10)
+    eps = 1e-2
+    est = sm_mvl(energy, x, eps, rescale=True).detach()
+    step = eps / torch.clamp(((x @ A) ** 2).sum(-1), min=1.0)
+    exact = sm_exact(energy, x).detach()
+    assert z_score(est - exact - quadratic_mvl_bias(x, 1.0) * step, 0.0) < 4
+
+
+def test_sm_mvl_without_control_variate_is_unbiased_but_noisy():
+    torch.manual_seed(11)
+    energy = QuadraticEnergy(A)
+    x = gaussian_sample(200_000, seed=12)
+    exact = sm_exact(energy, x).detach()
+    raw = (sm_mvl(energy, x, 1e-3, control_variate=False).detach() - exact)
+    cv = (sm_mvl(energy, x, 1e-3).detach() - exact)
+    assert z_score(raw, 0.0) < 4
+    # the noise term sqrt(2/eps) z^T grad E dominates: Var = (2/eps) E||A x||^2 (eq. 11)
+    expected_var = 2 / 1e-3 * ((x @ A) ** 2).sum(-1).mean().item()
+    assert abs(raw.var().item() / expected_var - 1) < 0.05
+    assert cv.var().item() < raw.var().item() / 100
+
+
+def _param_grad(energy, loss):
+    energy.zero_grad()
+    loss.backward()
+    # the output bias gets no gradient (None or 0): a constant shift of E changes neither score nor Laplacian
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in energy.parameters()])
+
+
+def test_sm_mvl_gradient_matches_exact_on_small_mlp_and_detaching_does_not():
+    torch.manual_seed(13)
+    energy = MLPEnergy(3, hidden=(16, 16)).double()
+    with torch.no_grad():  # a steeper energy, so that the ½‖∇E‖² term matters as much as the Laplacian
+        energy.net[-1].weight.mul_(10.0)
+    x = gaussian_sample(20_000, seed=14)
+    g_exact = _param_grad(energy, sm_exact(energy, x).mean())
+    g_mvl = _param_grad(energy, sm_mvl(energy, x, 1e-3).mean())
+    g_detached = _param_grad(energy, sm_mvl(energy, x, 1e-3, detach_sample=True).mean())
+
+    def quarter_objective(energy, x):  # E_p[1/4 ||grad E||^2 - Laplacian E] = 2 J(q^{1/2})
+        x = x.detach().requires_grad_(True)
+        _, g = energy_and_grad(energy, x)
+        return 0.25 * (g**2).sum(-1) - laplacian(g, x)
+
+    g_quarter = _param_grad(energy, quarter_objective(energy, x).mean())
+    cos = torch.nn.functional.cosine_similarity
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert cos(g_mvl, g_exact, dim=0) > 0.99
+    assert cos(g_detached, g_quarter, dim=0) > 0.99
+    assert rel(g_mvl, g_exact) < 0.1
+    assert rel(g_detached, g_quarter) < 0.1
+    assert rel(g_detached, g_exact) > 0.15  # about 0.21 here: ten times the estimator's own error
+
+
+def test_sm_mvl_detached_sample_fits_the_square_of_the_data_density():
+    """1-D Gaussian data N(0, s²), model precision a: the true gradient vanishes at a = 1/s², the detached one
+    at a = 2/s² (q ∝ p²)."""
+    torch.manual_seed(15)
+    s = 1.5
+    x = s * torch.randn(400_000, 1, dtype=torch.float64)
+    for a, mvl_grad, detached_grad in ((1 / s**2, 0.0, -0.5), (2 / s**2, 1.0, 0.0)):
+        energy = QuadraticEnergy(torch.tensor([[a]], dtype=torch.float64), trainable=True)
+        grads = [
+            torch.autograd.grad(sm_mvl(energy, x, 1e-4, detach_sample=d).mean(), energy.precision)[0].item()
+            for d in (False, True)
+        ]
+        # d/da E[1/2 a^2 x^2 - a] = a s^2 - 1 and d/da E[1/4 a^2 x^2 - a] = a s^2 / 2 - 1
+        assert abs(grads[0] - mvl_grad) < 0.02
+        assert abs(grads[1] - detached_grad) < 0.02
+
+
+def test_sm_mvl_uses_one_set_of_weights_with_spectral_norm():
+    """In training mode a spectrally normalized layer updates its power iteration at every call; sm_mvl must
+    evaluate E(x) and E(x⁻) with the same weights, or the change divided by ε swamps the estimate."""
+    torch.manual_seed(16)
+    energy = ScoreNetEnergy(2, hidden=(32, 32), spectral_norm=True).double()
+    energy.train()
+    x = banana(20_000, seed=3, dtype=torch.float64)
+    for _ in range(3):  # let the power iteration move
+        sm_mvl(energy, x[:10], 1e-5)
+    diff = (sm_mvl(energy, x, 1e-5) - sm_exact(energy, x)).detach()
+    assert z_score(diff, 0.0) < 4
