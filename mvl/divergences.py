@@ -95,7 +95,7 @@ def kde_grid(
 
 def kl_grid(
     samples: torch.Tensor,
-    log_q: LogDensity,
+    log_q: LogDensity | torch.Tensor,
     xlim: tuple[float, float] = (-4.0, 4.0),
     ylim: tuple[float, float] = (-4.0, 4.0),
     n: int = 200,
@@ -106,12 +106,20 @@ def kl_grid(
 
     p is the :func:`kde_grid` estimate; q is normalized numerically on the same grid
     (:func:`mvl.data.density_grid`), so ``log_q`` may be any unnormalized log density, e.g. ``-energy``.
+    When estimating many times against the same q, pass instead the grid density
+    ``mvl.data.density_grid(log_q, xlim, ylim, n, dtype=torch.float64)[2]`` (shape ``[n, n]``): evaluating
+    q on the grid costs more than the estimate itself.
     The estimate is that of the *smoothed* sample density: it is biased (by the bandwidth, and upwards by
     the sampling noise of the KDE), but the bias changes slowly along a flow, so the estimated KL follows
     the true one's decrease. Returns a Python float, in nats.
     """
     xs, ys, p = kde_grid(samples, xlim, ylim, n, bandwidth, max_outside)
-    _, _, q = density_grid(log_q, xlim, ylim, n, dtype=torch.float64)
+    if torch.is_tensor(log_q):
+        if log_q.shape != (n, n):
+            raise ValueError(f"a grid density for q must have shape ({n}, {n}), got {tuple(log_q.shape)}")
+        q = log_q.detach().cpu().double()
+    else:
+        _, _, q = density_grid(log_q, xlim, ylim, n, dtype=torch.float64)
     cell = (xlim[1] - xlim[0]) / (n - 1) * (ylim[1] - ylim[0]) / (n - 1)
     mask = p > 1e-300
     log_ratio = torch.log(p[mask]) - torch.log(torch.clamp(q[mask], min=1e-300))

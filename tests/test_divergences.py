@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from mvl.data import density_grid
 from mvl.divergences import fisher_divergence, kde_grid, kl_grid, scott_bandwidth
 
 M1 = torch.tensor([0.5, -0.3], dtype=torch.float64)
@@ -51,6 +52,11 @@ def test_kl_grid_matches_gaussian_closed_form():
     smoothed = gaussian_kl(M1, S1 + h**2 * torch.eye(2, dtype=torch.float64), M2, S2)
     assert abs(est - smoothed) < 0.02
     assert abs(est - gaussian_kl(M1, S1, M2, S2)) < 0.05
+    # the grid density of q may be passed instead of its log density
+    q_grid = density_grid(gaussian_log_density(M2, S2), (-6, 6), (-6, 6), 241, dtype=torch.float64)[2]
+    assert abs(kl_grid(x, q_grid, (-6, 6), (-6, 6), n=241, bandwidth=h) - est) < 1e-12
+    with pytest.raises(ValueError, match="shape"):
+        kl_grid(x, q_grid, (-6, 6), (-6, 6), n=240, bandwidth=h)
     # and a sample of q itself gives (almost) zero
     y = M2 + torch.randn(50_000, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) @ torch.linalg.cholesky(S2).T
     assert 0 <= kl_grid(y, gaussian_log_density(M2, S2), (-6, 6), (-6, 6), n=241, bandwidth=h) < 0.02
