@@ -129,6 +129,12 @@ def test_bad_inputs_raise():
 # --- chapter 3 (issue 3): the minimum-velocity estimator against closed forms -------------------------
 
 
+def quadratic_case(seed, n=200_000):
+    """The quadratic energy E(x) = ½xᵀAx and a float64 sample of N(MU, SIGMA), both seeded."""
+    torch.manual_seed(seed)
+    return QuadraticEnergy(A), gaussian_sample(n, seed=seed + 1)
+
+
 def quadratic_mvl_bias(x, eps):
     """For E(x) = ½xᵀAx the one-step estimator's mean over z is exactly J(x) − (ε/8) xᵀA³x."""
     return -(eps / 8) * ((x @ A @ A @ A) * x).sum(-1)
@@ -136,9 +142,7 @@ def quadratic_mvl_bias(x, eps):
 
 @pytest.mark.parametrize("eps", [1e-4, 1e-3, 1e-2])
 def test_sm_mvl_matches_quadratic_closed_form(eps):
-    torch.manual_seed(5)
-    energy = QuadraticEnergy(A)
-    x = gaussian_sample(200_000, seed=6)
+    energy, x = quadratic_case(5)
     est = sm_mvl(energy, x, eps).detach()
     # the mean is the closed-form objective 1/2 tr(A^2 Sigma) + 1/2 mu^T A^2 mu - tr A, within Monte-Carlo error
     closed = energy.sm_objective(MU, SIGMA).item()
@@ -151,9 +155,7 @@ def test_sm_mvl_matches_quadratic_closed_form(eps):
 
 def test_sm_mvl_bias_is_order_eps():
     """The paired test above can fail: at a large step the O(ε) term is detected, and it has the predicted size."""
-    torch.manual_seed(7)
-    energy = QuadraticEnergy(A)
-    x = gaussian_sample(200_000, seed=8)
+    energy, x = quadratic_case(7)
     eps = 0.1
     diff = (sm_mvl(energy, x, eps) - sm_exact(energy, x)).detach()
     assert z_score(diff, 0.0) > 10
@@ -161,9 +163,7 @@ def test_sm_mvl_bias_is_order_eps():
 
 
 def test_sm_mvl_rescaled_step_quadratic():
-    torch.manual_seed(9)
-    energy = QuadraticEnergy(A)
-    x = gaussian_sample(200_000, seed=10)
+    energy, x = quadratic_case(9)
     eps = 1e-2
     est = sm_mvl(energy, x, eps, rescale=True).detach()
     step = eps / torch.clamp(((x @ A) ** 2).sum(-1), min=1.0)
@@ -172,9 +172,7 @@ def test_sm_mvl_rescaled_step_quadratic():
 
 
 def test_sm_mvl_without_control_variate_is_unbiased_but_noisy():
-    torch.manual_seed(11)
-    energy = QuadraticEnergy(A)
-    x = gaussian_sample(200_000, seed=12)
+    energy, x = quadratic_case(11)
     exact = sm_exact(energy, x).detach()
     raw = (sm_mvl(energy, x, 1e-3, control_variate=False).detach() - exact)
     cv = (sm_mvl(energy, x, 1e-3).detach() - exact)
