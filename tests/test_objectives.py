@@ -195,7 +195,7 @@ def test_sm_mvl_gradient_matches_exact_on_small_mlp_and_detaching_does_not():
     energy = MLPEnergy(3, hidden=(16, 16)).double()
     with torch.no_grad():  # a steeper energy, so that the ½‖∇E‖² term matters as much as the Laplacian
         energy.net[-1].weight.mul_(10.0)
-    x = gaussian_sample(20_000, seed=14)
+    x = gaussian_sample(10_000, seed=14)
     g_exact = _param_grad(energy, sm_exact(energy, x).mean())
     g_mvl = _param_grad(energy, sm_mvl(energy, x, 1e-3).mean())
     g_detached = _param_grad(energy, sm_mvl(energy, x, 1e-3, detach_sample=True).mean())
