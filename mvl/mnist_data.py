@@ -182,17 +182,19 @@ def _fetch_mirrors(folder: Path, timeout: float = _DOWNLOAD_TIMEOUT) -> tuple[di
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles NumPy arrays only: any other global in the pickle is refused."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # bytes in protocol-2 pickles
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the MNIST pickle")
-        if module == "numpy.core.multiarray":
+        if name == "_reconstruct":
             return _numpy_reconstruct()
         return super().find_class(module, name)
 
 
 def _numpy_reconstruct():
+    """NumPy's array-unpickling helper, whose module moved in NumPy 2 (pickles name either)."""
     try:  # NumPy >= 2
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # NumPy 1.x

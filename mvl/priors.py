@@ -123,6 +123,8 @@ class VampPrior(Prior):
             if init.min() < 0 or init.max() > 1:
                 raise ValueError("init images must have pixel values in [0, 1]")
             pixels = init.detach().float()
+        ref = next(iter(encoder.parameters()), None) if isinstance(encoder, nn.Module) else None
+        pixels = pixels.to(ref) if ref is not None else pixels  # the encoder's dtype and device
         self.encoder = encoder
         self.pseudo_weights = nn.Parameter(torch.logit(pixels.clamp(0.02, 0.98)))
         self.n_components = n_components
