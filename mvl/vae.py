@@ -21,8 +21,10 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -258,7 +260,8 @@ def train_vae(
     Welling, 2018: warm-up 100 epochs, lr 5·10⁻⁴, batch 100, patience 50).
 
     If ``checkpoint`` names an existing file, the weights and history stored there are loaded instead of
-    training (``history["loaded"]`` is then True); otherwise the trained model is saved there.
+    training (``history["loaded"]`` is then True; a file that does not fit the model is ignored with a
+    warning); otherwise the trained model is saved there.
 
     Returns the history: per epoch ``epoch``, ``beta``, ``train_objective``, ``train_reconstruction``,
     ``train_kl``, ``valid_elbo``, ``valid_reconstruction``, ``valid_kl``, ``seconds`` (cumulative), and
@@ -272,9 +275,14 @@ def train_vae(
     if not (isinstance(warmup, (int, float)) and math.isfinite(warmup) and warmup >= 0):
         raise ValueError(f"warmup must be a number of epochs >= 0, got {warmup!r}")
     if checkpoint is not None and Path(checkpoint).exists():
-        history = load_checkpoint(checkpoint, model)
-        history["loaded"] = True
-        return history
+        try:
+            history = load_checkpoint(checkpoint, model)
+        except (RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
+            warnings.warn(f"ignoring the unreadable or incompatible checkpoint {checkpoint} ({err}); training anew",
+                          stacklevel=2)
+        else:
+            history["loaded"] = True
+            return history
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     if valid is not None:

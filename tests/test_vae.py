@@ -164,6 +164,16 @@ def test_training_lowers_the_loss_and_checkpoints_round_trip(prior, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_an_incompatible_checkpoint_is_ignored(tmp_path):
+    path = tmp_path / "m.pt"
+    V.save_checkpoint(path, tiny_vae(latent=3), {"epoch": [1]})
+    model = tiny_vae(latent=2)
+    with pytest.warns(UserWarning, match="incompatible"):
+        hist = V.train_vae(model, binary_data(8), epochs=1, batch_size=4, checkpoint=path, progress=False)
+    assert not hist["loaded"]
+    assert V.load_checkpoint(path, tiny_vae(latent=2))["epoch"] == [1]  # overwritten by the new model
+
+
 def test_early_stopping_restores_the_best_epoch(monkeypatch):
     model = V.build_vae("standard", latent_dim=2, hidden=8, input_dim=16)
     scores = iter([1.0, 2.0, 3.0, 2.5, 2.0, 1.0, 0.0])
