@@ -56,14 +56,11 @@ def energy_log_density(energy: Callable[[torch.Tensor], torch.Tensor]) -> Callab
 
 
 def smooth(values: Sequence[float], window: int = 25) -> np.ndarray:
-    """A centred moving average, for noisy per-iteration losses."""
+    """A moving average over ``window`` consecutive values (only full windows: ``len - window + 1`` values)."""
     v = np.asarray(values, dtype=float)
     if window <= 1 or len(v) < window:
         return v
-    kernel = np.ones(window) / window
-    pad = window // 2
-    padded = np.pad(v, (pad, window - 1 - pad), mode="edge")
-    return np.convolve(padded, kernel, mode="valid")
+    return np.convolve(v, np.ones(window) / window, mode="valid")
 
 
 def plot_curves(
@@ -77,7 +74,9 @@ def plot_curves(
 ):
     """Plot named curves ``{label: (x, y)}`` (optionally smoothed) on one axis with a legend."""
     for label, (x, y) in curves.items():
-        ax.plot(x, smooth(y, window), label=label)
+        ys = smooth(y, window)
+        start = (len(y) - len(ys)) // 2  # centre each average on the middle of its window
+        ax.plot(np.asarray(x)[start : start + len(ys)], ys, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
