@@ -7,17 +7,21 @@ equation it implements:
 * :mod:`mvl.energies`: energy parameterizations (chapter 1);
 * :mod:`mvl.objectives`: score matching and its estimators (chapters 1, 3–6);
 * :mod:`mvl.samplers`: Langevin dynamics and SVGD (chapters 2–5);
-* :mod:`mvl.data`: toy data sets (chapters 1–5);
-* :mod:`mvl.divergences`: KL and Fisher divergences of samples and densities (chapters 2–3);
+* :mod:`mvl.data`: toy data sets (chapters 1–5) and MNIST (:mod:`mvl.mnist_data`, chapters 7–9);
+* :mod:`mvl.divergences`: KL divergences of particle samples (chapter 2);
+* :mod:`mvl.priors`, :mod:`mvl.vae`: latent priors and variational auto-encoders (chapters 7–9);
 * :mod:`mvl.training`, :mod:`mvl.plotting`: the training loop and figures the chapters share;
 * :mod:`mvl.book`: executes the notebooks and records execution statistics.
 """
 
-from . import data, divergences, energies, objectives, plotting, samplers, training, utils
+from . import data, divergences, energies, objectives, plotting, priors, samplers, training, utils, vae
 from .utils import setup
 
 __version__ = "0.1.0"
 REPOSITORY_URL = "https://github.com/mvl-book/mvl-book"
 """Where the book's source lives; ``_config.yml`` and every notebook's setup cell use this URL."""
 
-__all__ = ["data", "divergences", "energies", "objectives", "plotting", "samplers", "training", "utils", "setup", "REPOSITORY_URL"]
+__all__ = [
+    "data", "divergences", "energies", "objectives", "plotting", "priors", "samplers", "training", "utils", "vae", "setup",
+    "REPOSITORY_URL",
+]

@@ -1,11 +1,9 @@
-"""Divergences between a sample and a model, for watching gradient flows converge (chapters 2–3).
+"""KL divergences of particle samples, for watching gradient flows converge (chapter 2).
 
-* :func:`kde_grid` and :func:`kl_grid` estimate KL(p‖q) from a 2-D sample of p (for instance particles of a
-  sampler) and an unnormalized log density of q, on a grid: the sample's density by a Gaussian kernel
-  density estimate (KDE), q by normalizing it numerically on the same grid.
-* :func:`fisher_divergence` is the Fisher divergence D_F(p‖q) = ½ E_p‖∇log p − ∇log q‖² (paper eq. 6) when
-  both log densities are known, e.g. for toy data; chapter 2 uses it as the initial rate of decrease of the
-  KL along the Langevin flow, chapter 3 as the ground truth that score matching estimates up to a constant.
+:func:`kde_grid` and :func:`kl_grid` estimate KL(p‖q) from a 2-D sample of p (for instance the particles of
+a sampler) and an unnormalized log density of q, on a grid: the sample's density by a Gaussian kernel density
+estimate (KDE), q by normalizing it numerically on the same grid. (The Fisher divergence, the KL's initial
+rate of decrease along the Langevin flow, is :func:`mvl.objectives.fisher_divergence`.)
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .data import density_grid
-from .objectives import energy_and_grad
 
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
 
@@ -124,15 +121,3 @@ def kl_grid(
     mask = p > 1e-300
     log_ratio = torch.log(p[mask]) - torch.log(torch.clamp(q[mask], min=1e-300))
     return float((p[mask] * log_ratio).sum() * cell)
-
-
-def fisher_divergence(log_p: LogDensity, log_q: LogDensity, x: torch.Tensor) -> torch.Tensor:
-    """Per-sample ½‖∇log p(x) − ∇log q(x)‖²: its mean over x ~ p is the Fisher divergence D_F(p‖q) (eq. 6).
-
-    Both log densities may be unnormalized (the normalizers do not depend on x). Chapter 2 uses
-    −2 D_F(p‖q) as the initial slope of KL(p_t‖q) along the Langevin flow; chapter 3 checks that score
-    matching's J equals D_F minus a constant. Returns a detached tensor ``[batch]``.
-    """
-    _, grad_log_p = energy_and_grad(log_p, x, create_graph=False)
-    _, grad_log_q = energy_and_grad(log_q, x, create_graph=False)
-    return 0.5 * ((grad_log_p - grad_log_q) ** 2).sum(-1).detach()

@@ -74,6 +74,18 @@ def sm_exact(energy: Energy, x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (g**2).sum(-1) - laplacian(g, x)
 
 
+def fisher_divergence(log_density: Energy, energy: Energy, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample Fisher divergence ½‖∇ₓ log p(x) + ∇ₓE(x)‖² (eq. 6 of the paper; chapter 1).
+
+    Needs the data score, so it is only available for synthetic data with a known (possibly unnormalized)
+    ``log_density``; its mean over x ~ p is D_F(p‖q) for q ∝ exp(−E). Used to evaluate fitted models.
+    """
+    x = _as_input(x)
+    _, g_energy = energy_and_grad(energy, x, create_graph=False)
+    _, g_neg_log_p = energy_and_grad(lambda v: -log_density(v), x, create_graph=False)
+    return 0.5 * ((g_energy - g_neg_log_p) ** 2).sum(-1)
+
+
 def sm_sliced(
     energy: Energy, x: torch.Tensor, n_slices: int = 1, variance_reduction: bool = True
 ) -> torch.Tensor:
