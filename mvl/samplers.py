@@ -112,3 +112,32 @@ def svgd_step(energy: Energy, x: torch.Tensor, eps: float, kernel: Kernel = rbf_
     """One SVGD step x' = x + ε φ(x) targeting q ∝ exp(−E) (Liu & Wang, 2016; chapter 2). Detached."""
     eps = _check_eps(eps)
     return (x + eps * svgd_direction(energy, x, kernel)).detach()
+
+
+def spos_step(
+    energy: Energy,
+    x: torch.Tensor,
+    eps: float,
+    alpha: float,
+    kernel: Kernel | None = None,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of stochastic particle-optimization sampling (SPOS; Zhang et al., 2020; chapter 5):
+
+        x' = x + ε φ(x) − εα ∇E(x) + √(2αε) z,   z ~ N(0, I),
+
+    an SVGD step plus α times a Langevin step. Its density follows the gradient flow of KL(·‖q) under the
+    metric of (α Id + K)⁻¹ (paper appendix B.1). Returns ``(x', z)``; ``alpha=0`` is SVGD, and large α is
+    dominated by Langevin dynamics. With ``create_graph=False`` the new state is detached.
+    """
+    eps = _check_eps(eps)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be a non-negative finite number, got {alpha!r}")
+    kernel = rbf_kernel if kernel is None else kernel
+    _, g = energy_and_grad(energy, x, create_graph=create_graph)
+    z = torch.randn_like(x)
+    drift = svgd_direction(energy, x, kernel, create_graph=create_graph) - alpha * g
+    x_new = x + eps * drift + math.sqrt(2 * alpha * eps) * z
+    if not create_graph:
+        x_new = x_new.detach()
+    return x_new, z
