@@ -257,17 +257,23 @@ def ksd(energy: Energy, x: torch.Tensor, kernel=None, u_statistic: bool = True) 
     return (u.sum(1) + rows) / n
 
 
-def ksd_mvl(energy: Energy, x: torch.Tensor, eps: float, kernel=None) -> torch.Tensor:
+def ksd_mvl(energy: Energy, x: torch.Tensor, eps: float, kernel=None, u_statistic: bool = True) -> torch.Tensor:
     """The one-step MVL estimator with SVGD as the sampler (paper sec. 3.4, appendix B; chapter 5).
 
-    One SVGD step on the batch towards q^{1/2} ∝ exp(−E/2), x⁻ = x + ε φ(x) with φ the SVGD direction of
-    :func:`mvl.samplers.svgd_direction`, and the per-sample value (E(x) − E(x⁻))/ε. There is no noise, so
-    there is no control variate. As ε → 0 the batch mean tends to
+    One SVGD step on the batch towards q^{1/2} ∝ exp(−E/2), x⁻ = x + ε φ(x), and the per-sample value
+    (E(x) − E(x⁻))/ε. There is no noise, so there is no control variate. With ``u_statistic=False`` φ is the
+    SVGD direction of :func:`mvl.samplers.svgd_direction` (every particle also interacts with itself) and,
+    as ε → 0, the batch mean tends to
 
-        ½ KSD_V(p̂, q) − ½ (1/n²) Σᵢⱼ tr ∇ₓ∇_{x'}k(xᵢ, xⱼ),
+        ½ KSD_V(p̂, q) − ½ C_V,   C_V = (1/n²) Σᵢⱼ tr ∇ₓ∇_{x'}k(xᵢ, xⱼ),
 
     half the V-statistic of :func:`ksd` minus a constant that depends on the data and the kernel but not on
-    θ (half the squared H-norm of grad_p of the entropy, eq. 9). So its θ-gradient is half that of the KSD.
+    θ (half the squared H-norm of the gradient of the entropy, eq. 9). With ``u_statistic=True`` (default)
+    each particle is moved by the *other* particles only (the self-interaction is removed and the sum
+    divided by n − 1), and the mean tends to ½ KSD_U − ½ C_U with the U-statistics of :func:`ksd`. Either way
+    the θ-gradient is half that of the matching KSD. The V version carries, relative to the U-statistic, a
+    θ-dependent O(1/n) penalty on ‖∇E‖² (the diagonal terms).
+
     The gradient flows through x⁻; float64 is advised for ε below 1e-4 (see :func:`sm_mvl`).
     """
     from .samplers import rbf_kernel, svgd_direction  # imported here: mvl.samplers imports this module
@@ -275,8 +281,17 @@ def ksd_mvl(energy: Energy, x: torch.Tensor, eps: float, kernel=None) -> torch.T
     kernel = rbf_kernel if kernel is None else kernel
     eps = _check_eps(eps)
     x = _as_input(x)
-    e = evaluate_energy(energy, x)
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("an SVGD step needs a batch of at least two points")
+    e, g = energy_and_grad(energy, x)
     phi = svgd_direction(lambda v: 0.5 * evaluate_energy(energy, v), x, kernel, create_graph=True)
+    if u_statistic:
+        # remove each particle's interaction with itself: −½ k(xᵢ, xᵢ) ∇E(xᵢ) + ∇ₓk(xᵢ, xᵢ)
+        k, dk = kernel(x.detach(), x.detach())
+        idx = torch.arange(n, device=x.device)
+        self_term = -0.5 * k.diagonal()[:, None] * g + dk[idx, idx]
+        phi = (n * phi - self_term) / (n - 1)
     return (e - evaluate_energy(energy, x + eps * phi)) / eps
 
 

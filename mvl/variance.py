@@ -49,7 +49,7 @@ def draws_per_point(
     points: torch.Tensor,
     n_draws: int,
     seed: int = 0,
-    chunk_size: int = 50_000,
+    chunk_size: int = 10_000,
 ) -> dict[str, torch.Tensor]:
     """Evaluate each estimator ``n_draws`` times at each of the K ``points``: ``{name: tensor [K, n_draws]}``.
 
@@ -85,17 +85,30 @@ def _check_draws(values: torch.Tensor) -> torch.Tensor:
     return values.double()
 
 
-def squared_bias_bound(diff: torch.Tensor, level: float = 0.95) -> tuple[float, float, float]:
+def _bootstrap_interval(stat_of_rows, n_rows: int, level: float, n_boot: int, seed: int) -> tuple[float, float]:
+    """Percentile interval of a statistic when the K rows (data points) are resampled with replacement."""
+    _z_quantile(level)  # validates the level
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n_rows, (n_boot, n_rows), generator=gen)
+    boot = stat_of_rows(idx)
+    alpha = (1 - level) / 2
+    low, high = torch.quantile(boot, torch.tensor([alpha, 1 - alpha], dtype=boot.dtype)).tolist()
+    return low, high
+
+
+def squared_bias_bound(
+    diff: torch.Tensor, level: float = 0.95, n_boot: int = 400, seed: int = 0
+) -> tuple[float, float, float]:
     """The paper's stochastic upper bound on the squared bias, from differences ``diff[k, j]`` = L_ref − L.
 
-    Returns ``(estimate, low, high)``: (1/K) Σₖ (mean over j of diff[k])² with a normal confidence interval
-    over the K points. Its expectation is E_x[b(x)²] + E_x[Var_z]/M (see the module docstring).
+    Returns ``(estimate, low, high)``: (1/K) Σₖ (mean over j of diff[k])², and the percentile interval of
+    that statistic when the K points are resampled with replacement (``n_boot`` times, seeded). Its
+    expectation is E_x[b(x)²] + E_x[Var_z]/M (see the module docstring).
     """
     d = _check_draws(diff)
     sq = d.mean(1) ** 2
-    est = sq.mean().item()
-    half = _z_quantile(level) * sq.std().item() / math.sqrt(len(sq))
-    return est, est - half, est + half
+    low, high = _bootstrap_interval(lambda idx: sq[idx].mean(1), len(sq), level, n_boot, seed)
+    return sq.mean().item(), low, high
 
 
 def bound_floor(diff: torch.Tensor) -> float:
@@ -116,16 +129,15 @@ def variance(values: torch.Tensor, level: float = 0.95, n_boot: int = 400, seed:
     """
     v = _check_draws(values)
     k, m = v.shape
-    est = v.var().item()
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, k, (n_boot, k), generator=gen)
-    s1, s2 = v.sum(1), (v**2).sum(1)
     n = k * m
-    tot1, tot2 = s1[idx].sum(1), s2[idx].sum(1)
-    boot = (tot2 - tot1**2 / n) / (n - 1)
-    alpha = (1 - level) / 2
-    low, high = torch.quantile(boot, torch.tensor([alpha, 1 - alpha], dtype=boot.dtype)).tolist()
-    return est, low, high
+    s1, s2 = v.sum(1), (v**2).sum(1)
+
+    def resampled(idx: torch.Tensor) -> torch.Tensor:
+        tot1, tot2 = s1[idx].sum(1), s2[idx].sum(1)
+        return (tot2 - tot1**2 / n) / (n - 1)
+
+    low, high = _bootstrap_interval(resampled, k, level, n_boot, seed)
+    return v.var().item(), low, high
 
 
 def paired_z_test(diff: torch.Tensor) -> tuple[float, float]:

@@ -61,31 +61,38 @@ def model_and_data():
     return ScoreNetEnergy(2, hidden=(32, 32)).double(), banana(150, seed=1, dtype=torch.float64)
 
 
-def test_ksd_mvl_gradient_is_half_the_ksd_gradient(model_and_data):
+@pytest.mark.parametrize("u_statistic", [True, False])
+def test_ksd_mvl_gradient_is_half_the_ksd_gradient(model_and_data, u_statistic):
     energy, x = model_and_data
-    g_v = flat_grad(energy, ksd(energy, x, KERNEL, u_statistic=False))
-    g_u = flat_grad(energy, ksd(energy, x, KERNEL))
-    g_mvl = flat_grad(energy, ksd_mvl(energy, x, 1e-4, KERNEL))
+    g_ksd = flat_grad(energy, ksd(energy, x, KERNEL, u_statistic=u_statistic))
+    g_other = flat_grad(energy, ksd(energy, x, KERNEL, u_statistic=not u_statistic))
+    g_mvl = flat_grad(energy, ksd_mvl(energy, x, 1e-4, KERNEL, u_statistic=u_statistic))
     cos = torch.nn.functional.cosine_similarity
-    # the V-statistic is what one SVGD step on the batch sees: agreement up to O(ε)
-    assert cos(g_mvl, g_v, dim=0) > 0.99999
-    assert abs((g_mvl.norm() / g_v.norm()).item() - 0.5) < 1e-3
-    # the U-statistic drops the n diagonal terms, a difference of order 1/n (here n = 150)
-    assert cos(g_mvl, g_u, dim=0) > 0.99
-    assert abs((g_mvl.norm() / g_u.norm()).item() - 0.5) < 0.05
+    # the matching statistic: agreement up to O(ε)
+    assert cos(g_mvl, g_ksd, dim=0) > 0.99999
+    assert abs((g_mvl.norm() / g_ksd.norm()).item() - 0.5) < 1e-3
+    # the other one differs by the n diagonal terms, of relative order 1/n (here n = 150)
+    assert 0.99 < cos(g_mvl, g_other, dim=0) < 0.99999
+    assert abs((g_mvl.norm() / g_other.norm()).item() - 0.5) < 0.05
 
 
-def test_ksd_mvl_value_is_half_ksd_minus_a_constant(model_and_data):
+@pytest.mark.parametrize("u_statistic", [True, False])
+def test_ksd_mvl_value_is_half_ksd_minus_a_constant(model_and_data, u_statistic):
     energy, x = model_and_data
     other = QuadraticEnergy(torch.tensor([[0.3, 0.1], [0.1, 0.6]], dtype=torch.float64))
-    constant = ksd(zero_energy, x, KERNEL, u_statistic=False).mean()  # the trace term alone
+    constant = ksd(zero_energy, x, KERNEL, u_statistic=u_statistic).mean()  # the trace term alone
+
+    def closed(e):
+        return ksd(e, x, KERNEL, u_statistic=u_statistic).mean()
+
+    def mvl(e):
+        return ksd_mvl(e, x, 1e-5, KERNEL, u_statistic=u_statistic).mean()
+
     for e in (energy, other):
-        mvl = ksd_mvl(e, x, 1e-5, KERNEL).mean()
-        half = 0.5 * (ksd(e, x, KERNEL, u_statistic=False).mean() - constant)
-        assert abs((mvl - half).item()) < 1e-4 * max(1.0, abs(half.item()))
+        half = 0.5 * (closed(e) - constant)
+        assert abs((mvl(e) - half).item()) < 1e-4 * max(1.0, abs(half.item()))
     # so differences between two energies agree without knowing the constant
-    d_mvl = ksd_mvl(energy, x, 1e-5, KERNEL).mean() - ksd_mvl(other, x, 1e-5, KERNEL).mean()
-    d_ksd = ksd(energy, x, KERNEL, u_statistic=False).mean() - ksd(other, x, KERNEL, u_statistic=False).mean()
+    d_mvl, d_ksd = mvl(energy) - mvl(other), closed(energy) - closed(other)
     assert abs((d_mvl - 0.5 * d_ksd).item()) < 1e-4 * abs(d_ksd.item())
 
 
@@ -111,3 +118,5 @@ def test_spos_step_reduces_to_svgd_and_validates():
         ksd(energy, x[:1])
     with pytest.raises(ValueError, match="eps"):
         ksd_mvl(energy, x, -1.0)
+    with pytest.raises(ValueError, match="two points"):
+        ksd_mvl(energy, x[:1], 0.1)
