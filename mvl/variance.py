@@ -82,7 +82,7 @@ def _z_quantile(level: float) -> float:
 def _check_draws(values: torch.Tensor) -> torch.Tensor:
     if values.dim() != 2 or values.shape[0] < 2 or values.shape[1] < 2:
         raise ValueError(f"expected draws arranged as [K, M] with K, M >= 2, got shape {tuple(values.shape)}")
-    return values.double()
+    return values.detach().double().cpu()
 
 
 def _bootstrap_interval(stat_of_rows, n_rows: int, level: float, n_boot: int, seed: int) -> tuple[float, float]:
