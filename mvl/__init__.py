@@ -8,15 +8,16 @@ equation it implements:
 * :mod:`mvl.objectives`: score matching and its estimators (chapters 1, 3–6);
 * :mod:`mvl.samplers`: Langevin dynamics and SVGD (chapters 2–5);
 * :mod:`mvl.data`: toy data sets (chapters 1–5);
+* :mod:`mvl.manifolds`: the sphere, its charts and von Mises–Fisher densities (chapter 6);
 * :mod:`mvl.training`, :mod:`mvl.plotting`: the training loop and figures the chapters share;
 * :mod:`mvl.book`: executes the notebooks and records execution statistics.
 """
 
-from . import data, energies, objectives, plotting, samplers, training, utils
+from . import data, energies, manifolds, objectives, plotting, samplers, training, utils
 from .utils import setup
 
 __version__ = "0.1.0"
 REPOSITORY_URL = "https://github.com/mvl-book/mvl-book"
 """Where the book's source lives; ``_config.yml`` and every notebook's setup cell use this URL."""
 
-__all__ = ["data", "energies", "objectives", "plotting", "samplers", "training", "utils", "setup", "REPOSITORY_URL"]
+__all__ = ["data", "energies", "manifolds", "objectives", "plotting", "samplers", "training", "utils", "setup", "REPOSITORY_URL"]

@@ -142,14 +142,11 @@ def riemannian_langevin_step(
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be a positive finite number, got {beta!r}")
     x, s, _, g = sphere.chart_energy(energy, y, create_graph=create_graph)
-    if not create_graph:
+    if not create_graph:  # a sampler: nothing below needs the graph
         x, g = x.detach(), g.detach()
     z = sphere.chart_noise(x)
-    x_new = x + eps * sphere.langevin_drift(x, g, beta, log_det_sign) + math.sqrt(2 * eps) * z
-    y_new = sphere.from_chart(x_new, s)
-    if not create_graph:
-        y_new = y_new.detach()
-    return y_new, z
+    drift = sphere.langevin_drift(x, g, beta, log_det_sign)
+    return sphere.from_chart(x + eps * drift + math.sqrt(2 * eps) * z, s), z
 
 
 def riemannian_langevin_chain(
