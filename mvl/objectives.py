@@ -58,7 +58,7 @@ def laplacian(grad: torch.Tensor, x: torch.Tensor, create_graph: bool = True) ->
     """
     lap = torch.zeros_like(grad[:, 0])
     for i in range(x.shape[1]):
-        (h_i,) = torch.autograd.grad(grad[:, i].sum(), x, create_graph=create_graph)
+        (h_i,) = torch.autograd.grad(grad[:, i].sum(), x, create_graph=create_graph, retain_graph=True)
         lap = lap + h_i[:, i]
     return lap
 
