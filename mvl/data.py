@@ -168,3 +168,8 @@ def density_grid(
     cell = (xlim[1] - xlim[0]) / (n - 1) * (ylim[1] - ylim[0]) / (n - 1)
     logp = logp - torch.logsumexp(logp.reshape(-1), 0) - math.log(cell)
     return xs, ys, logp.exp().to(dtype)
+
+
+# Chapter 7 onwards: real images. MNIST lives in its own module; it is re-exported here so that
+# ``mvl.data.mnist(split, binarize)`` works like the toy samplers above.
+from .mnist_data import ImageData, data_dir, load_mnist_arrays, mnist  # noqa: E402

@@ -58,7 +58,7 @@ def laplacian(grad: torch.Tensor, x: torch.Tensor, create_graph: bool = True) ->
     """
     lap = torch.zeros_like(grad[:, 0])
     for i in range(x.shape[1]):
-        (h_i,) = torch.autograd.grad(grad[:, i].sum(), x, create_graph=create_graph)
+        (h_i,) = torch.autograd.grad(grad[:, i].sum(), x, create_graph=create_graph, retain_graph=True)
         lap = lap + h_i[:, i]
     return lap
 
@@ -71,6 +71,18 @@ def sm_exact(energy: Energy, x: torch.Tensor) -> torch.Tensor:
     x = _as_input(x)
     _, g = energy_and_grad(energy, x)
     return 0.5 * (g**2).sum(-1) - laplacian(g, x)
+
+
+def fisher_divergence(log_density: Energy, energy: Energy, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample Fisher divergence ½‖∇ₓ log p(x) + ∇ₓE(x)‖² (eq. 6 of the paper; chapter 1).
+
+    Needs the data score, so it is only available for synthetic data with a known (possibly unnormalized)
+    ``log_density``; its mean over x ~ p is D_F(p‖q) for q ∝ exp(−E). Used to evaluate fitted models.
+    """
+    x = _as_input(x)
+    _, g_energy = energy_and_grad(energy, x, create_graph=False)
+    _, g_neg_log_p = energy_and_grad(lambda v: -log_density(v), x, create_graph=False)
+    return 0.5 * ((g_energy - g_neg_log_p) ** 2).sum(-1)
 
 
 def sm_sliced(
@@ -314,4 +326,45 @@ def spos_mvl(
     out = (e - evaluate_energy(energy, x_minus)) / eps
     if control_variate:
         out = out + math.sqrt(2 * alpha / eps) * (z * g).sum(-1)
+    return out
+
+
+# ------------------------------------------------------------ Riemannian score matching on spheres (chapter 6)
+def sm_riemannian_exact(energy: Energy, y: torch.Tensor, sphere) -> torch.Tensor:
+    """Exact Riemannian score matching on a sphere (Mardia et al., 2016; paper section 4.1; chapter 6):
+
+        J_M(y) = ½‖grad E(y)‖² − Δ_M E(y),
+
+    with the Riemannian gradient and the Laplace–Beltrami operator of ``sphere`` (a
+    :class:`mvl.manifolds.Sphere`), computed in each point's stereographic chart with n extra backward
+    passes. ``energy`` takes embedded points ``[batch, n+1]``; only its values on the sphere matter.
+    """
+    x, _, _, g = sphere.chart_energy(energy, y, create_graph=True)
+    lap = laplacian(g, x)
+    return 0.5 * sphere.squared_gradient_norm(x, g) - sphere.laplace_beltrami_from_chart(x, g, lap)
+
+
+def sm_riemannian_mvl(
+    energy: Energy, y: torch.Tensor, sphere, eps: float, control_variate: bool = True
+) -> torch.Tensor:
+    """The one-step Riemannian minimum-velocity estimator of J_M (paper eqs. 17–18, appendix C; chapter 6).
+
+    In each point's chart, take one Riemannian Langevin step towards q^{1/2} ∝ exp(−E/2),
+
+        x⁻ = x + ε V_{1/2}(x) + √(2ε) z,   z ~ N(0, G(x)⁻¹),
+
+    with the drift of :meth:`mvl.manifolds.Sphere.langevin_drift` (β = ½, the +½ log|G| sign), and return
+    (E(y) − E(y⁻))/ε, plus the control variate √(2/ε) Σᵢ ∂ᵢE(x) zⁱ when ``control_variate=True``. Its mean
+    tends to J_M(y) = ½‖grad E‖² − Δ_M E as ε → 0 (same sign convention as :func:`sm_mvl`; the paper's
+    eq. 17 is −2 times this). Without the control variate the variance grows as Θ(1/ε). Only one
+    energy gradient is needed, whatever the dimension. Use float64 for ε below about 1e-4.
+    """
+    eps = _check_eps(eps)
+    x, s, e, g = sphere.chart_energy(energy, y, create_graph=True)
+    z = sphere.chart_noise(x)
+    x_minus = x + eps * sphere.langevin_drift(x, g, beta=0.5) + math.sqrt(2 * eps) * z
+    e_minus = evaluate_energy(energy, sphere.from_chart(x_minus, s))
+    out = (e - e_minus) / eps
+    if control_variate:
+        out = out + math.sqrt(2 / eps) * (g * z).sum(-1)
     return out

@@ -56,14 +56,11 @@ def energy_log_density(energy: Callable[[torch.Tensor], torch.Tensor]) -> Callab
 
 
 def smooth(values: Sequence[float], window: int = 25) -> np.ndarray:
-    """A centred moving average, for noisy per-iteration losses."""
+    """A moving average over ``window`` consecutive values (only full windows: ``len - window + 1`` values)."""
     v = np.asarray(values, dtype=float)
     if window <= 1 or len(v) < window:
         return v
-    kernel = np.ones(window) / window
-    pad = window // 2
-    padded = np.pad(v, (pad, window - 1 - pad), mode="edge")
-    return np.convolve(padded, kernel, mode="valid")
+    return np.convolve(v, np.ones(window) / window, mode="valid")
 
 
 def plot_curves(
@@ -77,7 +74,9 @@ def plot_curves(
 ):
     """Plot named curves ``{label: (x, y)}`` (optionally smoothed) on one axis with a legend."""
     for label, (x, y) in curves.items():
-        ax.plot(x, smooth(y, window), label=label)
+        ys = smooth(y, window)
+        start = (len(y) - len(ys)) // 2  # centre each average on the middle of its window
+        ax.plot(np.asarray(x)[start : start + len(ys)], ys, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
@@ -86,3 +85,27 @@ def plot_curves(
         ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
+
+
+def image_grid(images: torch.Tensor, ncol: int = 10, shape: tuple[int, int] = (28, 28), pad: int = 1,
+               fill: float = 0.25) -> np.ndarray:
+    """Tile images ``[n, h*w]`` or ``[n, h, w]`` into one 2-D array, ``ncol`` per row, separated by ``fill``."""
+    if ncol < 1:
+        raise ValueError(f"ncol must be a positive integer, got {ncol!r}")
+    imgs = images.detach().cpu().float().reshape(-1, *shape).numpy()
+    n, (h, w) = imgs.shape[0], shape
+    nrow = -(-n // ncol)
+    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), fill, dtype=np.float32)
+    for i, img in enumerate(imgs):
+        r, c = divmod(i, ncol)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
+    return grid
+
+
+def plot_images(ax, images: torch.Tensor, ncol: int = 10, title: str | None = None, shape: tuple[int, int] = (28, 28)):
+    """Show images (values in [0, 1], dark = 1 as ink on paper) as one tiled grid on ``ax``."""
+    ax.imshow(image_grid(images, ncol, shape), cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)

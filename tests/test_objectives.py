@@ -124,3 +124,25 @@ def test_bad_inputs_raise():
         sm_exact(lambda v: v, x)
     with pytest.raises(ValueError, match="floating-point"):
         sm_exact(energy, torch.ones(3, 3, dtype=torch.long))
+
+
+def test_fisher_divergence_between_gaussians():
+    from mvl.objectives import fisher_divergence
+
+    # p = N(0, I), q = N(m, I): D_F = 1/2 ||m||^2 for every x
+    m = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    x = torch.randn(10, 2, dtype=torch.float64)
+    d = fisher_divergence(lambda v: -0.5 * (v**2).sum(-1), QuadraticEnergy(torch.eye(2, dtype=torch.float64), m), x)
+    assert torch.allclose(d, torch.full((10,), 2.5, dtype=torch.float64))
+    # and it relates to the Hyvarinen objective by D_F = J + C_p with C_p = 1/2 E||x||^2 = d/2
+    xs = gaussian_sample(1, seed=0)  # shape check on 3-D
+    assert fisher_divergence(lambda v: -(v**2).sum(-1), QuadraticEnergy(A), xs).shape == (1,)
+
+
+def test_laplacian_without_graph_for_evaluation():
+    torch.manual_seed(0)
+    energy = QuadraticEnergy(A)
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    _, g = energy_and_grad(energy, x)
+    lap = laplacian(g, x, create_graph=False)  # every coordinate, not only the first
+    assert torch.allclose(lap, torch.full((6,), torch.trace(A).item(), dtype=torch.float64))

@@ -1,0 +1,381 @@
+"""Variational auto-encoders with pluggable priors (chapter 7; reused by the later auto-encoder chapters).
+
+A :class:`VAE` is three parts with small interfaces, so that later chapters swap one part at a time:
+
+* an encoder ``x -> q(z|x)``, an object with ``rsample(n)`` and ``log_prob(z)``
+  (:class:`GaussianEncoder` returns a :class:`mvl.priors.DiagonalGaussian`);
+* a decoder with ``log_prob(x, z)`` (log p(x|z), summed over pixels) and ``mean(z)``
+  (:class:`BernoulliDecoder`);
+* a prior with ``log_prob(z)`` and ``sample(n)`` (:mod:`mvl.priors`: standard normal, VampPrior).
+
+The encoder and decoder are the one-stochastic-layer networks of the VampPrior paper (Tomczak & Welling,
+2018): two gated dense layers of 300 units (Dauphin et al., 2017) each way. The training objective is the
+ELBO (Kingma & Welling, 2014) with the KL term weighted by β (KL warm-up, Sønderby et al., 2016), the test
+metric the importance-weighted log-likelihood estimate (Burda et al., 2016).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import pickle
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .mnist_data import ImageData, data_dir
+from .priors import DiagonalGaussian, Prior, StandardNormal, VampPrior
+from .training import check_finite
+
+
+class GatedDense(nn.Module):
+    """A gated dense layer h(x) ⊙ σ(g(x)) with two affine maps h, g (Dauphin et al., 2017)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.h = nn.Linear(in_features, out_features)
+        self.g = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.h(x) * torch.sigmoid(self.g(x))
+
+
+def gated_mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """A stack of :class:`GatedDense` layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``."""
+    if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+        raise ValueError(f"sizes must list at least two positive integers, got {sizes!r}")
+    return nn.Sequential(*[GatedDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
+
+
+class GaussianEncoder(nn.Module):
+    """q(z|x) = N(μ(x), diag σ²(x)) computed by a gated MLP; log σ² is clamped to ``logvar_range``.
+
+    The clamp (a hard tanh to [−6, 2], as in the VampPrior paper's code) keeps the posterior from collapsing
+    to a point or exploding, which stabilizes both the ELBO and the VampPrior built from this encoder.
+    """
+
+    def __init__(self, input_dim: int = 784, latent_dim: int = 40, hidden: Sequence[int] = (300, 300),
+                 logvar_range: tuple[float, float] = (-6.0, 2.0)):
+        super().__init__()
+        self.input_dim, self.latent_dim = input_dim, latent_dim
+        self.body = gated_mlp([input_dim, *hidden])
+        self.mean = nn.Linear(hidden[-1], latent_dim)
+        self.logvar = nn.Linear(hidden[-1], latent_dim)
+        self.logvar_range = logvar_range
+
+    def forward(self, x: torch.Tensor) -> DiagonalGaussian:
+        h = self.body(x)
+        return DiagonalGaussian(self.mean(h), F.hardtanh(self.logvar(h), *self.logvar_range))
+
+
+class BernoulliDecoder(nn.Module):
+    """p(x|z) = Π_i Bernoulli(x_i | sigmoid(logit_i(z))) with logits from a gated MLP."""
+
+    def __init__(self, latent_dim: int = 40, output_dim: int = 784, hidden: Sequence[int] = (300, 300)):
+        super().__init__()
+        self.latent_dim, self.output_dim = latent_dim, output_dim
+        self.body = gated_mlp([latent_dim, *hidden])
+        self.logits = nn.Linear(hidden[-1], output_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The logits, shape ``[..., output_dim]``."""
+        return self.logits(self.body(z))
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over pixels; ``z`` is ``[..., n, d]``, ``x`` is ``[n, D]``; returns ``[..., n]``."""
+        logits = self(z)
+        return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        """The pixel probabilities E[x|z]."""
+        return torch.sigmoid(self(z))
+
+
+class ELBO(NamedTuple):
+    """The per-example terms of the β-weighted evidence lower bound (each a tensor ``[n]``).
+
+    ``reconstruction`` = E_q[log p(x|z)], ``kl`` = E_q[log q(z|x) − log p(z)] (one-sample Monte Carlo
+    estimates, which work for any prior). Reporting both, not only their difference, is what Alemi et al.
+    (2018) recommend: equal ELBOs can hide very different uses of the latent code.
+    """
+
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+    beta: float = 1.0
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        """reconstruction − KL: the lower bound on log p(x)."""
+        return self.reconstruction - self.kl
+
+    @property
+    def objective(self) -> torch.Tensor:
+        """reconstruction − β KL: what training maximizes (equal to the ELBO when β = 1)."""
+        return self.reconstruction - self.beta * self.kl
+
+
+class VAE(nn.Module):
+    """A VAE p(x, z) = p(x|z) p(z) with amortized posterior q(z|x) (Kingma & Welling, 2014; chapter 7)."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: Prior):
+        super().__init__()
+        self.encoder, self.decoder, self.prior = encoder, decoder, prior
+
+    def elbo(self, x: torch.Tensor, beta: float = 1.0) -> ELBO:
+        """The ELBO terms of eq. (ch7-elbo) for a batch ``x`` ``[n, D]``, with one reparameterized sample."""
+        if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        q = self.encoder(x)
+        z = q.rsample()
+        reconstruction = self.decoder.log_prob(x, z)
+        kl = q.log_prob(z) - self.prior.log_prob(z)
+        return ELBO(reconstruction, kl, float(beta))
+
+    def log_weights(self, x: torch.Tensor, n_samples: int) -> torch.Tensor:
+        """Importance log-weights log p(x|z_s) + log p(z_s) − log q(z_s|x), z_s ~ q(z|x); ``[n_samples, n]``."""
+        q = self.encoder(x)
+        z = q.rsample(n_samples)
+        return self.decoder.log_prob(x, z) + self.prior.log_prob(z) - q.log_prob(z)
+
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor, n_samples: int = 5000, max_rows: int = 20_000) -> torch.Tensor:
+        """Importance-sampling estimate of log p(x) per example (Burda et al., 2016; eq. ch7-iw).
+
+        log p(x) ≈ logsumexp_s w_s − log S with the log-weights of :meth:`log_weights`, S = ``n_samples``.
+        Its expectation is a lower bound that increases with S and equals the ELBO at S = 1. Samples are
+        processed in chunks of at most ``max_rows`` decoder evaluations, so memory stays bounded.
+        """
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        if not getattr(self.prior, "normalized", True):
+            raise ValueError("the prior is unnormalized: log p(x) needs an estimate of its log partition function")
+        out = []
+        per_batch = max(1, max_rows // n_samples)
+        for xb in x.split(per_batch):
+            chunk = max(1, max_rows // xb.shape[0])
+            logw = torch.cat([self.log_weights(xb, s) for s in _chunks(n_samples, chunk)], 0)
+            out.append(torch.logsumexp(logw, 0) - math.log(n_samples))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """Pixel probabilities E[x|z] for z drawn from the prior, ``[n, D]``."""
+        return self.decoder.mean(self.prior.sample(n))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel probabilities E[x|z] at the posterior mean z = μ(x)."""
+        return self.decoder.mean(self.encoder(x).mean)
+
+
+def _chunks(total: int, size: int) -> Iterable[int]:
+    while total > 0:
+        yield min(size, total)
+        total -= size
+
+
+def build_vae(prior: str = "standard", latent_dim: int = 40, hidden: int = 300, input_dim: int = 784,
+              n_pseudo: int = 500, pseudo_init: torch.Tensor | str = "random") -> VAE:
+    """The VampPrior paper's one-layer VAE: gated 2×``hidden`` encoder and decoder, and the named prior.
+
+    ``prior`` is ``"standard"`` (N(0, I)) or ``"vamp"`` (``n_pseudo`` pseudo-inputs initialised from
+    ``pseudo_init``, a tensor of training images or ``"random"``).
+    """
+    encoder = GaussianEncoder(input_dim, latent_dim, (hidden, hidden))
+    decoder = BernoulliDecoder(latent_dim, input_dim, (hidden, hidden))
+    if prior == "standard":
+        p: Prior = StandardNormal(latent_dim)
+    elif prior == "vamp":
+        p = VampPrior(encoder, n_pseudo, input_dim, init=pseudo_init)
+    else:
+        raise ValueError(f"unknown prior {prior!r}: choose 'standard' or 'vamp'")
+    return VAE(encoder, decoder, p)
+
+
+@torch.no_grad()
+def evaluate_elbo(model: VAE, x: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
+    """Mean ELBO, reconstruction and KL (β = 1) over ``x`` in batches, one posterior sample per example."""
+    terms = [model.elbo(xb) for xb in x.split(batch_size)]
+    rec = torch.cat([t.reconstruction for t in terms])
+    kl = torch.cat([t.kl for t in terms])
+    return {"elbo": (rec - kl).mean().item(), "reconstruction": rec.mean().item(), "kl": kl.mean().item()}
+
+
+@torch.no_grad()
+def active_units(model: VAE, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 1000) -> tuple[int, torch.Tensor]:
+    """Burda et al.'s (2016) activity: A_u = Var_x(E_q[z_u | x]); unit u is active if A_u > ``threshold``.
+
+    Returns ``(number of active units, the variances A_u)``.
+    """
+    means = torch.cat([model.encoder(xb).mean for xb in x.split(batch_size)])
+    var = means.var(0)
+    return int((var > threshold).sum()), var
+
+
+def kl_weight(step: int, warmup_steps: int) -> float:
+    """KL warm-up (Sønderby et al., 2016): β rises linearly from 0 to 1 over ``warmup_steps`` updates."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
+def _train_batches(train: ImageData | torch.Tensor, batch_size: int, device: torch.device,
+                   generator: torch.Generator | None) -> Iterable[torch.Tensor]:
+    if isinstance(train, ImageData):
+        return train.batches(batch_size, shuffle=True, generator=generator, device=device)
+    order = torch.randperm(train.shape[0], generator=generator)
+    return (train[idx].to(device) for idx in order.split(batch_size))
+
+
+def train_vae(
+    model: VAE,
+    train: ImageData | torch.Tensor,
+    valid: torch.Tensor | None = None,
+    epochs: int = 100,
+    batch_size: int = 100,
+    lr: float = 5e-4,
+    warmup: float = 100,
+    patience: int = 50,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> dict[str, Any]:
+    """Fit a VAE with Adam on the β-weighted ELBO, KL warm-up and early stopping (chapter 7).
+
+    ``train`` is an :class:`~mvl.data.ImageData` (dynamically binarized batches, fresh every epoch) or a
+    tensor ``[n, D]``; ``valid`` a fixed tensor (e.g. the statically binarized validation set). β rises
+    linearly over the first ``warmup`` epochs (:func:`kl_weight`, per update); once β = 1, the validation
+    ELBO is checked after every epoch, the best weights are kept, and training stops after ``patience``
+    epochs without improvement; the best weights are restored at the end (the recipe of Tomczak &
+    Welling, 2018: warm-up 100 epochs, lr 5·10⁻⁴, batch 100, patience 50).
+
+    If ``checkpoint`` names an existing file, the weights and history stored there are loaded instead of
+    training (``history["loaded"]`` is then True; a file that does not fit the model is ignored with a
+    warning); otherwise the trained model is saved there.
+
+    Returns the history: per epoch ``epoch``, ``beta``, ``train_objective``, ``train_reconstruction``,
+    ``train_kl``, ``valid_elbo``, ``valid_reconstruction``, ``valid_kl``, ``seconds`` (cumulative), and
+    ``best_epoch``, ``stopped_early``, ``train_seconds``, ``loaded``.
+    """
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if not (isinstance(warmup, (int, float)) and math.isfinite(warmup) and warmup >= 0):
+        raise ValueError(f"warmup must be a number of epochs >= 0, got {warmup!r}")
+    if checkpoint is not None and Path(checkpoint).exists():
+        try:
+            history = load_checkpoint(checkpoint, model)
+        except (RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
+            warnings.warn(f"ignoring the unreadable or incompatible checkpoint {checkpoint} ({err}); training anew",
+                          stacklevel=2)
+        else:
+            history["loaded"] = True
+            return history
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    if valid is not None:
+        valid = valid.to(device)
+    n = len(train)
+    steps_per_epoch = math.ceil(n / batch_size)
+    warmup_steps = round(warmup * steps_per_epoch)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    keys = ("epoch", "beta", "train_objective", "train_reconstruction", "train_kl", "valid_elbo",
+            "valid_reconstruction", "valid_kl", "seconds")
+    hist: dict[str, Any] = {k: [] for k in keys}
+    best, best_state, best_epoch, bad_epochs, stopped = -math.inf, None, None, 0, False
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs * steps_per_epoch, desc=desc or "VAE", leave=False)
+    start, step = time.perf_counter(), 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        sums = torch.zeros(3, dtype=torch.float64)
+        for xb in _train_batches(train, batch_size, device, generator):
+            step += 1
+            beta = kl_weight(step, warmup_steps)
+            terms = model.elbo(xb, beta)
+            loss = -terms.objective.mean()
+            check_finite(loss, "the negative ELBO", step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.stack([terms.objective.sum(), terms.reconstruction.sum(), terms.kl.sum()]).detach().double().cpu()
+            if bar is not None:
+                bar.update(1)
+        model.eval()
+        val = evaluate_elbo(model, valid) if valid is not None else {"elbo": math.nan, "reconstruction": math.nan, "kl": math.nan}
+        for k, v in zip(keys, (epoch, beta, *(sums / n).tolist(), val["elbo"], val["reconstruction"], val["kl"],
+                               time.perf_counter() - start)):
+            hist[k].append(v)
+        if bar is not None:
+            bar.set_postfix(epoch=epoch, beta=f"{beta:.2f}", valid_elbo=f"{val['elbo']:.2f}")
+        if valid is not None and beta >= 1.0:
+            if val["elbo"] > best:
+                best, best_epoch, bad_epochs = val["elbo"], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+                if bad_epochs >= patience:
+                    stopped = True
+                    break
+    if bar is not None:
+        bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    hist.update(best_epoch=best_epoch if best_epoch is not None else hist["epoch"][-1], stopped_early=stopped,
+                train_seconds=time.perf_counter() - start, loaded=False)
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, model, hist)
+    return hist
+
+
+def checkpoint_path(name: str, config: Mapping[str, Any], root: str | Path | None = None) -> Path:
+    """``<cache>/checkpoints/<name>-<hash of config>.pt``: one file per distinct training configuration."""
+    text = json.dumps({k: config[k] for k in sorted(config)}, sort_keys=True, default=str)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+    base = Path(root) if root is not None else data_dir()
+    return base / "checkpoints" / f"{name}-{digest}.pt"
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, history: Mapping[str, Any] | None = None) -> None:
+    """Save the weights (on the CPU) and the training history, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save({"state_dict": state, "history": dict(history or {})}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
+    """Load weights saved by :func:`save_checkpoint` into ``model`` (on its device); return the history."""
+    device = next(model.parameters()).device
+    blob = torch.load(Path(path), map_location=device, weights_only=True)
+    model.load_state_dict(blob["state_dict"])
+    return dict(blob["history"])
+
+
+__all__ = [
+    "ELBO", "VAE", "BernoulliDecoder", "GatedDense", "GaussianEncoder", "active_units", "build_vae",
+    "checkpoint_path", "evaluate_elbo", "gated_mlp", "kl_weight", "load_checkpoint", "save_checkpoint",
+    "train_vae",
+]

@@ -1,0 +1,48 @@
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mvl.data import banana_log_density  # noqa: E402
+from mvl.energies import QuadraticEnergy  # noqa: E402
+from mvl.plotting import energy_log_density, image_grid, plot_curves, plot_density, plot_images, smooth  # noqa: E402
+
+
+def test_smooth_is_a_moving_average_over_full_windows():
+    out = smooth([0, 1, 2, 3, 4, 5], window=3)
+    assert np.allclose(out, [1, 2, 3, 4])
+    assert np.allclose(smooth([1.0, 2.0], window=5), [1.0, 2.0])
+
+
+def test_plot_density_and_curves():
+    fig, (a, b) = plt.subplots(1, 2)
+    cs = plot_density(a, banana_log_density, data=torch.zeros(3, 2), title="t", n=40)
+    assert cs is not None and a.get_xlabel() == "$x_1$" and a.get_title() == "t"
+    plot_density(a, energy_log_density(QuadraticEnergy(torch.eye(2))), n=20)
+    plot_curves(b, {"a": (list(range(100)), list(np.random.rand(100)))}, window=10)
+    line = b.get_lines()[0]
+    assert len(line.get_xdata()) == 91 and line.get_xdata()[0] == 4
+    plt.close(fig)
+
+
+def test_image_grid_places_every_image():
+    images = torch.arange(5, dtype=torch.float32)[:, None].expand(5, 4) / 10  # five constant 2×2 images
+    grid = image_grid(images, ncol=3, shape=(2, 2), pad=1, fill=-1.0)
+    assert grid.shape == (2 * 3 + 1, 3 * 3 + 1)
+    for i in range(5):
+        r, c = divmod(i, 3)
+        block = grid[1 + 3 * r : 3 + 3 * r, 1 + 3 * c : 3 + 3 * c]
+        assert np.allclose(block, i / 10)
+    assert np.allclose(grid[4:6, 7:9], -1.0)  # the unused sixth slot keeps the fill value
+    with pytest.raises(ValueError, match="ncol"):
+        image_grid(images, ncol=0)
+
+
+def test_plot_images_draws_on_the_axis():
+    fig, ax = plt.subplots()
+    plot_images(ax, torch.rand(6, 784), ncol=3, title="six")
+    assert ax.get_title() == "six" and len(ax.images) == 1
+    plt.close(fig)
