@@ -59,7 +59,7 @@ def laplacian(grad: torch.Tensor, x: torch.Tensor, create_graph: bool = True) ->
     """
     lap = torch.zeros_like(grad[:, 0])
     for i in range(x.shape[1]):
-        (h_i,) = torch.autograd.grad(grad[:, i].sum(), x, create_graph=create_graph)
+        (h_i,) = torch.autograd.grad(grad[:, i].sum(), x, create_graph=create_graph, retain_graph=True)
         lap = lap + h_i[:, i]
     return lap
 
@@ -195,4 +195,191 @@ def sm_mvl(
     out = (e - e_minus) / step
     if control_variate:
         out = out + torch.sqrt(2 / step) * (z * g).sum(-1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Chapters 4–5: CD-1, the kernelized Stein discrepancy, and the MVL objectives of SVGD and SPOS.
+# --------------------------------------------------------------------------------------------------------
+
+
+def cd1_surrogate(energy: Energy, x: torch.Tensor, eps: float, control_variate: bool = True) -> torch.Tensor:
+    """A per-sample loss whose θ-gradient is the CD-1 update with one Langevin step (paper eq. 16; chapter 4).
+
+    Contrastive divergence with one step of Langevin dynamics towards q (Hyvärinen, 2007) draws
+    x¹ = x − ε∇E(x) + √(2ε) z from each data point and treats it as a fixed sample (it is detached). The
+    returned value is
+
+        (E(x) − E(x¹)) / ε   (+ √(2/ε) zᵀ∇E(x) with ``control_variate=True``),
+
+    so its θ-gradient is the CD-1 direction ∂θE(x) − ∂θE(x¹), rescaled by 1/ε; as ε → 0 its mean tends
+    to ∇θJ. Without the control variate that gradient has variance Θ(1/ε) (the term −√(2/ε) ∂θ(zᵀ∇E(x)),
+    section 3.3); the control variate has mean zero and cancels it.
+
+    The *value* is **not** an estimate of J: its mean tends to E_p[‖∇E‖² − ΔE] = J + ½E_p‖∇E‖², which depends
+    on θ (footnote 5 of the paper). Use it only to train; monitor with :func:`sm_exact` or :func:`sm_sliced`.
+    """
+    from .samplers import langevin_step  # imported here: mvl.samplers imports this module
+
+    eps = _check_eps(eps)
+    x = _as_input(x)
+    e, g = energy_and_grad(energy, x)
+    x_one, z = langevin_step(energy, x, eps)  # detached: CD does not differentiate through the sampler
+    out = (e - evaluate_energy(energy, x_one)) / eps
+    if control_variate:
+        out = out + math.sqrt(2 / eps) * (z * g).sum(-1)
+    return out
+
+
+def _stein_trace_sums(kernel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row sums Σⱼ tr ∇ₓ∇_y k(xᵢ, xⱼ) (diagonal included) and the diagonal terms, by autograd (d passes)."""
+    xd = x.detach()
+    y = xd.clone().requires_grad_(True)
+    with torch.enable_grad():
+        _, dk = kernel(xd, y)  # dk[i, j] = ∇ₓ k(xᵢ, yⱼ)
+        rows = torch.zeros_like(xd[:, 0])
+        diag = torch.zeros_like(xd[:, 0])
+        n = xd.shape[0]
+        idx = torch.arange(n, device=x.device)
+        for l in range(xd.shape[1]):
+            # column sums Σᵢ ∂dk[i, j, l]/∂y_{j,l}; the trace matrix is symmetric, so these are row sums
+            (c,) = torch.autograd.grad(dk[:, :, l].sum(), y, retain_graph=True)
+            (t,) = torch.autograd.grad(dk[idx, idx, l].sum(), y, retain_graph=True)
+            rows = rows + c[:, l]
+            diag = diag + t[:, l]
+    return rows, diag
+
+
+def ksd(energy: Energy, x: torch.Tensor, kernel=None, u_statistic: bool = True) -> torch.Tensor:
+    """The kernelized Stein discrepancy between the data and q ∝ exp(−E) (Liu et al., 2016; chapter 5).
+
+    With the model score s = −∇E and a symmetric positive-definite kernel k,
+
+        KSD(p, q) = E_{x, x' ~ p} u(x, x'),
+        u(x, x') = s(x)ᵀk(x, x')s(x') + s(x)ᵀ∇_{x'}k(x, x') + ∇ₓk(x, x')ᵀs(x') + tr ∇ₓ∇_{x'}k(x, x'),
+
+    which equals E_{x,x'}[(s − ∇log p)(x)ᵀ k(x, x') (s − ∇log p)(x')] = ‖grad_p KL_q‖² in the
+    H-Wasserstein geometry of SVGD (appendix B). Returns per-sample row averages ``[batch]`` whose mean is
+    the U-statistic (1/(n(n−1))) Σ_{i≠j} u(xᵢ, xⱼ) (or, with ``u_statistic=False``, the V-statistic
+    (1/n²) Σ_{i,j} u(xᵢ, xⱼ), which is what one SVGD step on the batch sees). Differentiable in θ.
+
+    ``kernel(x, y) -> (K, dK)`` as :func:`mvl.samplers.rbf_kernel` (the default, median bandwidth); the
+    trace term, which does not depend on θ, is computed by automatic differentiation of ``dK``.
+    """
+    from .samplers import rbf_kernel  # imported here: mvl.samplers imports this module
+
+    kernel = rbf_kernel if kernel is None else kernel
+    x = _as_input(x)
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("the kernelized Stein discrepancy needs a batch of at least two points")
+    _, g = energy_and_grad(energy, x)
+    k, dk = kernel(x.detach(), x.detach())
+    # u = gᵢᵀgⱼ k − gᵢᵀ∇_{x'}k(xᵢ, xⱼ) − gⱼᵀ∇ₓk(xᵢ, xⱼ) + trace, with ∇_{x'}k(xᵢ, xⱼ) = dk[j, i] (symmetric k)
+    cross = torch.einsum("il,jil->ij", g, dk)
+    u = (g @ g.T) * k - cross - cross.T
+    rows, diag = _stein_trace_sums(kernel, x)
+    if u_statistic:
+        return (u.sum(1) - u.diagonal() + rows - diag) / (n - 1)
+    return (u.sum(1) + rows) / n
+
+
+def ksd_mvl(energy: Energy, x: torch.Tensor, eps: float, kernel=None, u_statistic: bool = True) -> torch.Tensor:
+    """The one-step MVL estimator with SVGD as the sampler (paper sec. 3.4, appendix B; chapter 5).
+
+    One SVGD step on the batch towards q^{1/2} ∝ exp(−E/2), x⁻ = x + ε φ(x), and the per-sample value
+    (E(x) − E(x⁻))/ε. There is no noise, so there is no control variate. With ``u_statistic=False`` φ is the
+    SVGD direction of :func:`mvl.samplers.svgd_direction` (every particle also interacts with itself) and,
+    as ε → 0, the batch mean tends to
+
+        ½ KSD_V(p̂, q) − ½ C_V,   C_V = (1/n²) Σᵢⱼ tr ∇ₓ∇_{x'}k(xᵢ, xⱼ),
+
+    half the V-statistic of :func:`ksd` minus a constant that depends on the data and the kernel but not on
+    θ (half the squared H-norm of the gradient of the entropy, eq. 9). With ``u_statistic=True`` (default)
+    each particle is moved by the *other* particles only (the self-interaction is removed and the sum
+    divided by n − 1), and the mean tends to ½ KSD_U − ½ C_U with the U-statistics of :func:`ksd`. Either way
+    the θ-gradient is half that of the matching KSD. The V version carries, relative to the U-statistic, a
+    θ-dependent O(1/n) penalty on ‖∇E‖² (the diagonal terms).
+
+    The gradient flows through x⁻; float64 is advised for ε below 1e-4 (see :func:`sm_mvl`).
+    """
+    from .samplers import rbf_kernel, svgd_direction  # imported here: mvl.samplers imports this module
+
+    kernel = rbf_kernel if kernel is None else kernel
+    eps = _check_eps(eps)
+    x = _as_input(x)
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("an SVGD step needs a batch of at least two points")
+    e, g = energy_and_grad(energy, x)
+    phi = svgd_direction(lambda v: 0.5 * evaluate_energy(energy, v), x, kernel, create_graph=True)
+    if u_statistic:
+        # remove each particle's interaction with itself: −½ k(xᵢ, xᵢ) ∇E(xᵢ) + ∇ₓk(xᵢ, xᵢ)
+        k, dk = kernel(x.detach(), x.detach())
+        idx = torch.arange(n, device=x.device)
+        self_term = -0.5 * k.diagonal()[:, None] * g + dk[idx, idx]
+        phi = (n * phi - self_term) / (n - 1)
+    return (e - evaluate_energy(energy, x + eps * phi)) / eps
+
+
+def spos_mvl(
+    energy: Energy, x: torch.Tensor, eps: float, alpha: float, kernel=None, control_variate: bool = True
+) -> torch.Tensor:
+    """The one-step MVL estimator with SPOS as the sampler (paper appendix B.2; chapter 5).
+
+    One step of :func:`mvl.samplers.spos_step` towards q^{1/2} (SVGD drift plus α times a Langevin step),
+    and (E(x) − E(x⁻))/ε, plus the control variate √(2α/ε) zᵀ∇E(x) for the diffusion part. As ε → 0 the
+    batch mean tends to α J + ½ KSD_V − ½ (1/n²) Σᵢⱼ tr ∇ₓ∇_{x'}k(xᵢ, xⱼ): the SPOS velocity interpolates
+    score matching (α → ∞, after dividing by α) and the KSD (α = 0, :func:`ksd_mvl`).
+    """
+    from .samplers import spos_step  # imported here: mvl.samplers imports this module
+
+    eps = _check_eps(eps)
+    x = _as_input(x)
+    e, g = energy_and_grad(energy, x)
+    x_minus, z = spos_step(lambda v: 0.5 * evaluate_energy(energy, v), x, eps, alpha, kernel, create_graph=True)
+    out = (e - evaluate_energy(energy, x_minus)) / eps
+    if control_variate:
+        out = out + math.sqrt(2 * alpha / eps) * (z * g).sum(-1)
+    return out
+
+
+# ------------------------------------------------------------ Riemannian score matching on spheres (chapter 6)
+def sm_riemannian_exact(energy: Energy, y: torch.Tensor, sphere) -> torch.Tensor:
+    """Exact Riemannian score matching on a sphere (Mardia et al., 2016; paper section 4.1; chapter 6):
+
+        J_M(y) = ½‖grad E(y)‖² − Δ_M E(y),
+
+    with the Riemannian gradient and the Laplace–Beltrami operator of ``sphere`` (a
+    :class:`mvl.manifolds.Sphere`), computed in each point's stereographic chart with n extra backward
+    passes. ``energy`` takes embedded points ``[batch, n+1]``; only its values on the sphere matter.
+    """
+    x, _, _, g = sphere.chart_energy(energy, y, create_graph=True)
+    lap = laplacian(g, x)
+    return 0.5 * sphere.squared_gradient_norm(x, g) - sphere.laplace_beltrami_from_chart(x, g, lap)
+
+
+def sm_riemannian_mvl(
+    energy: Energy, y: torch.Tensor, sphere, eps: float, control_variate: bool = True
+) -> torch.Tensor:
+    """The one-step Riemannian minimum-velocity estimator of J_M (paper eqs. 17–18, appendix C; chapter 6).
+
+    In each point's chart, take one Riemannian Langevin step towards q^{1/2} ∝ exp(−E/2),
+
+        x⁻ = x + ε V_{1/2}(x) + √(2ε) z,   z ~ N(0, G(x)⁻¹),
+
+    with the drift of :meth:`mvl.manifolds.Sphere.langevin_drift` (β = ½, the +½ log|G| sign), and return
+    (E(y) − E(y⁻))/ε, plus the control variate √(2/ε) Σᵢ ∂ᵢE(x) zⁱ when ``control_variate=True``. Its mean
+    tends to J_M(y) = ½‖grad E‖² − Δ_M E as ε → 0 (same sign convention as :func:`sm_mvl`; the paper's
+    eq. 17 is −2 times this). Without the control variate the variance grows as Θ(1/ε). Only one
+    energy gradient is needed, whatever the dimension. Use float64 for ε below about 1e-4.
+    """
+    eps = _check_eps(eps)
+    x, s, e, g = sphere.chart_energy(energy, y, create_graph=True)
+    z = sphere.chart_noise(x)
+    x_minus = x + eps * sphere.langevin_drift(x, g, beta=0.5) + math.sqrt(2 * eps) * z
+    e_minus = evaluate_energy(energy, sphere.from_chart(x_minus, s))
+    out = (e - e_minus) / eps
+    if control_variate:
+        out = out + math.sqrt(2 / eps) * (g * z).sum(-1)
     return out

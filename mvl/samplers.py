@@ -112,3 +112,95 @@ def svgd_step(energy: Energy, x: torch.Tensor, eps: float, kernel: Kernel = rbf_
     """One SVGD step x' = x + ε φ(x) targeting q ∝ exp(−E) (Liu & Wang, 2016; chapter 2). Detached."""
     eps = _check_eps(eps)
     return (x + eps * svgd_direction(energy, x, kernel)).detach()
+
+
+def spos_step(
+    energy: Energy,
+    x: torch.Tensor,
+    eps: float,
+    alpha: float,
+    kernel: Kernel | None = None,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of stochastic particle-optimization sampling (SPOS; Zhang et al., 2020; chapter 5):
+
+        x' = x + ε φ(x) − εα ∇E(x) + √(2αε) z,   z ~ N(0, I),
+
+    an SVGD step plus α times a Langevin step. Its density follows the gradient flow of KL(·‖q) under the
+    metric of (α Id + K)⁻¹ (paper appendix B.1). Returns ``(x', z)``; ``alpha=0`` is SVGD, and large α is
+    dominated by Langevin dynamics. With ``create_graph=False`` the new state is detached.
+    """
+    eps = _check_eps(eps)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be a non-negative finite number, got {alpha!r}")
+    kernel = rbf_kernel if kernel is None else kernel
+    _, g = energy_and_grad(energy, x, create_graph=create_graph)
+    z = torch.randn_like(x)
+    drift = svgd_direction(energy, x, kernel, create_graph=create_graph) - alpha * g
+    x_new = x + eps * drift + math.sqrt(2 * alpha * eps) * z
+    if not create_graph:
+        x_new = x_new.detach()
+    return x_new, z
+
+
+# ------------------------------------------------------------------ Riemannian Langevin dynamics (chapter 6)
+def riemannian_langevin_step(
+    energy: Energy,
+    y: torch.Tensor,
+    sphere,
+    eps: float,
+    beta: float = 1.0,
+    create_graph: bool = False,
+    log_det_sign: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Euler–Maruyama step of Riemannian Langevin dynamics on a sphere, targeting q^β ∝ exp(−βE)
+    w.r.t. the volume measure (paper eqs. 3–4 and 18; chapter 6).
+
+    Each point ``y`` (embedded, ``[batch, n+1]``) is mapped to its stereographic chart
+    (``sphere.to_chart``), moved by
+
+        x' = x + ε V(x) + √(2ε) z,   Vⁱ = gⁱʲ∂ⱼ(−βE + ½ log|G|) + ∂ⱼgⁱʲ,   z ~ N(0, G(x)⁻¹),
+
+    and mapped back to the sphere in the same chart. Returns ``(y', z)`` with z the chart noise.
+
+    The ``+½ log|G|`` follows from the Fokker–Planck equation of a density w.r.t. the volume measure
+    (chapter 6); the paper prints it with a minus sign. ``log_det_sign=-1`` flips it **for the chapter's
+    demonstration only**: that chain samples a different, chart-dependent distribution.
+    """
+    eps = _check_eps(eps)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+    x, s, _, g = sphere.chart_energy(energy, y, create_graph=create_graph)
+    if not create_graph:  # a sampler: nothing below needs the graph
+        x, g = x.detach(), g.detach()
+    z = sphere.chart_noise(x)
+    drift = sphere.langevin_drift(x, g, beta, log_det_sign)
+    return sphere.from_chart(x + eps * drift + math.sqrt(2 * eps) * z, s), z
+
+
+def riemannian_langevin_chain(
+    energy: Energy,
+    y0: torch.Tensor,
+    sphere,
+    eps: float,
+    n_steps: int,
+    beta: float = 1.0,
+    log_det_sign: int = 1,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Run ``n_steps`` of :func:`riemannian_langevin_step` from ``y0`` and return the final points (chapter 6)."""
+    if not isinstance(n_steps, int) or n_steps < 0:
+        raise ValueError(f"n_steps must be a non-negative integer, got {n_steps!r}")
+    y = y0.detach()
+    steps = range(n_steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="Riemannian Langevin")
+    for t in steps:
+        y, _ = riemannian_langevin_step(energy, y, sphere, eps, beta, log_det_sign=log_det_sign)
+        if not torch.isfinite(y).all():
+            raise FloatingPointError(
+                f"Riemannian Langevin chain diverged at step {t + 1}; lower the step size eps={eps}"
+            )
+    return y

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 Objective = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -70,7 +71,11 @@ def train_energy(
     energy.train()
     for it in steps:
         idx = torch.randint(0, n, (min(batch_size, n),))
-        loss = objective(energy, data[idx]).mean()
+        # one evaluation of every parametrized weight per iteration: spectral normalization otherwise runs a
+        # power-iteration step at *each* forward call, so E(x) and E(x⁻) inside one MVL/CD-1 estimate would
+        # use slightly different networks, an error that the 1/ε of those estimators blows up (chapter 4)
+        with parametrize.cached():
+            loss = objective(energy, data[idx]).mean()
         check_finite(loss, "the training loss", it)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -78,7 +83,8 @@ def train_energy(
         hist["iter"].append(it)
         hist["loss"].append(loss.item())
         if monitor_every and (it % monitor_every == 0 or it == n_iter):
-            value = monitor_fn(energy, monitor_batch).mean().detach()
+            with parametrize.cached():
+                value = monitor_fn(energy, monitor_batch).mean().detach()
             check_finite(value, "the monitored objective", it)
             hist["monitor_iter"].append(it)
             hist["monitor"].append(value.item())

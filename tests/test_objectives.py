@@ -139,6 +139,15 @@ def test_fisher_divergence_between_gaussians():
     assert fisher_divergence(lambda v: -(v**2).sum(-1), QuadraticEnergy(A), xs).shape == (1,)
 
 
+def test_laplacian_without_graph_for_evaluation():
+    torch.manual_seed(0)
+    energy = QuadraticEnergy(A)
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    _, g = energy_and_grad(energy, x)
+    lap = laplacian(g, x, create_graph=False)  # every coordinate, not only the first
+    assert torch.allclose(lap, torch.full((6,), torch.trace(A).item(), dtype=torch.float64))
+
+
 # --- chapter 3 (issue 3): the minimum-velocity estimator against closed forms -------------------------
 
 
