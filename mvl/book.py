@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("notebooks", nargs="*", help="notebooks to run (default: notebooks/*.ipynb)")
     run.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES)
     run.add_argument("--kernel", default="python3")
-    run.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    run.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds (default 1800)")
     sub.add_parser("stats", help="rewrite the statistics page from book/execution_stats.json")
     args = parser.parse_args(argv)
 

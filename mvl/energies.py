@@ -70,42 +70,35 @@ def _check_input(x: torch.Tensor, dim: int) -> None:
         raise ValueError(f"expected a batch of shape [batch, {dim}], got {tuple(x.shape)}")
 
 
-class MLPEnergy(nn.Module):
-    """E(x) = f_θ(x) with f a fully connected network ending in one output unit (chapter 1)."""
+class _NetworkEnergy(nn.Module):
+    """Shared constructor of the network energies: a smooth MLP from R^dim to R^out, stored as ``attr``."""
 
-    def __init__(
-        self,
-        dim: int,
-        hidden: Sequence[int] = (100, 100),
-        activation: str = "swish",
-        spectral_norm: bool = False,
-    ):
+    def __init__(self, dim: int, out: int | None, hidden: Sequence[int], activation: str, spectral_norm: bool, attr: str):
         super().__init__()
         self.dim = int(dim)
-        self.net = mlp([self.dim, *hidden, 1], activation, spectral_norm)
+        setattr(self, attr, mlp([self.dim, *hidden, out or self.dim], activation, spectral_norm))
+
+
+class MLPEnergy(_NetworkEnergy):
+    """E(x) = f_θ(x) with f a fully connected network ending in one output unit (chapter 1)."""
+
+    def __init__(self, dim: int, hidden: Sequence[int] = (100, 100), activation: str = "swish", spectral_norm: bool = False):
+        super().__init__(dim, 1, hidden, activation, spectral_norm, "net")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.dim)
         return self.net(x).squeeze(-1)
 
 
-class ScoreNetEnergy(nn.Module):
+class ScoreNetEnergy(_NetworkEnergy):
     """E(x) = xᵀψ_θ(x) with ψ a fully connected network R^d → R^d (paper, appendix E.1.1; chapter 1).
 
     The network ψ alone would be a "score network" (Song et al., 2019) that need not be a gradient field;
     taking the inner product with x turns it into a scalar energy whose gradient is a conservative field.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        hidden: Sequence[int] = (100, 100),
-        activation: str = "swish",
-        spectral_norm: bool = False,
-    ):
-        super().__init__()
-        self.dim = int(dim)
-        self.psi = mlp([self.dim, *hidden, self.dim], activation, spectral_norm)
+    def __init__(self, dim: int, hidden: Sequence[int] = (100, 100), activation: str = "swish", spectral_norm: bool = False):
+        super().__init__(dim, None, hidden, activation, spectral_norm, "psi")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.dim)

@@ -28,11 +28,19 @@ def langevin_step(
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be a positive finite number, got {beta!r}")
     _, g = energy_and_grad(energy, x, create_graph=create_graph)
+    return euler_maruyama(x, -beta * g, eps, 1.0, create_graph)
+
+
+def euler_maruyama(
+    x: torch.Tensor, drift: torch.Tensor, eps: float, diffusion: float, create_graph: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Euler–Maruyama step of dx = drift dt + √(2·diffusion) dB: returns ``(x + ε drift + √(2·diffusion·ε) z, z)``.
+
+    The new state is detached unless ``create_graph``; the noise z is returned for control variates.
+    """
     z = torch.randn_like(x)
-    x_new = x - eps * beta * g + math.sqrt(2 * eps) * z
-    if not create_graph:
-        x_new = x_new.detach()
-    return x_new, z
+    x_new = x + eps * drift + math.sqrt(2 * diffusion * eps) * z
+    return (x_new if create_graph else x_new.detach()), z
 
 
 def langevin_chain(
@@ -135,12 +143,8 @@ def spos_step(
         raise ValueError(f"alpha must be a non-negative finite number, got {alpha!r}")
     kernel = rbf_kernel if kernel is None else kernel
     _, g = energy_and_grad(energy, x, create_graph=create_graph)
-    z = torch.randn_like(x)
     drift = svgd_direction(energy, x, kernel, create_graph=create_graph) - alpha * g
-    x_new = x + eps * drift + math.sqrt(2 * alpha * eps) * z
-    if not create_graph:
-        x_new = x_new.detach()
-    return x_new, z
+    return euler_maruyama(x, drift, eps, alpha, create_graph)
 
 
 # ------------------------------------------------------------------ Riemannian Langevin dynamics (chapter 6)
