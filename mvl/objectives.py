@@ -12,6 +12,7 @@ the model. J equals the Fisher divergence D_F(p‖q) up to a constant that does 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -19,6 +20,23 @@ import torch
 from torch.nn.utils import parametrize
 
 Energy = Callable[[torch.Tensor], torch.Tensor]
+
+
+def same_weights(estimator: Callable) -> Callable:
+    """Evaluate every energy inside ``estimator`` with one set of weights (``parametrize.cached``).
+
+    The step-size estimators compare energies (or gradients) at nearby points and divide by a power of ε.
+    In training mode a spectrally normalized layer runs a power iteration at every call, so without the
+    cache two evaluations of "the same" network differ, and that difference divided by ε dominates the
+    estimate (chapter 4's pitfall). Nesting is harmless (``mvl.training.train_energy`` also caches).
+    """
+
+    @functools.wraps(estimator)
+    def wrapped(*args, **kwargs):
+        with parametrize.cached():
+            return estimator(*args, **kwargs)
+
+    return wrapped
 
 
 def _as_input(x: torch.Tensor) -> torch.Tensor:
@@ -116,6 +134,7 @@ def _check_eps(eps: float) -> float:
     return float(eps)
 
 
+@same_weights
 def sm_denoising(
     energy: Energy, x: torch.Tensor, eps: float, control_variate: bool = True
 ) -> torch.Tensor:
@@ -203,6 +222,7 @@ def sm_mvl(
 # --------------------------------------------------------------------------------------------------------
 
 
+@same_weights
 def cd1_surrogate(energy: Energy, x: torch.Tensor, eps: float, control_variate: bool = True) -> torch.Tensor:
     """A per-sample loss whose θ-gradient is the CD-1 update with one Langevin step (paper eq. 16; chapter 4).
 
@@ -284,6 +304,7 @@ def ksd(energy: Energy, x: torch.Tensor, kernel=None, u_statistic: bool = True) 
     return (u.sum(1) + rows) / n
 
 
+@same_weights
 def ksd_mvl(energy: Energy, x: torch.Tensor, eps: float, kernel=None, u_statistic: bool = True) -> torch.Tensor:
     """The one-step MVL estimator with SVGD as the sampler (paper sec. 3.4, appendix B; chapter 5).
 
@@ -322,6 +343,7 @@ def ksd_mvl(energy: Energy, x: torch.Tensor, eps: float, kernel=None, u_statisti
     return (e - evaluate_energy(energy, x + eps * phi)) / eps
 
 
+@same_weights
 def spos_mvl(
     energy: Energy, x: torch.Tensor, eps: float, alpha: float, kernel=None, control_variate: bool = True
 ) -> torch.Tensor:
@@ -359,8 +381,9 @@ def sm_riemannian_exact(energy: Energy, y: torch.Tensor, sphere) -> torch.Tensor
     return 0.5 * sphere.squared_gradient_norm(x, g) - sphere.laplace_beltrami_from_chart(x, g, lap)
 
 
+@same_weights
 def sm_riemannian_mvl(
-    energy: Energy, y: torch.Tensor, sphere, eps: float, control_variate: bool = True
+    energy: Energy, y: torch.Tensor, sphere, eps: float, control_variate: bool = True, log_det_sign: int = 1
 ) -> torch.Tensor:
     """The one-step Riemannian minimum-velocity estimator of J_M (paper eqs. 17–18, appendix C; chapter 6).
 
@@ -373,11 +396,15 @@ def sm_riemannian_mvl(
     tends to J_M(y) = ½‖grad E‖² − Δ_M E as ε → 0 (same sign convention as :func:`sm_mvl`; the paper's
     eq. 17 is −2 times this). Without the control variate the variance grows as Θ(1/ε). Only one
     energy gradient is needed, whatever the dimension. Use float64 for ε below about 1e-4.
+    ``log_det_sign=-1`` uses the sign of log|G| printed in the paper's eq. (18) instead; it exists only for
+    chapter 6's demonstration that this leaves a bias as ε → 0.
     """
     eps = _check_eps(eps)
+    if log_det_sign not in (1, -1):
+        raise ValueError(f"log_det_sign must be +1 or -1, got {log_det_sign!r}")
     x, s, e, g = sphere.chart_energy(energy, y, create_graph=True)
     z = sphere.chart_noise(x)
-    x_minus = x + eps * sphere.langevin_drift(x, g, beta=0.5) + math.sqrt(2 * eps) * z
+    x_minus = x + eps * sphere.langevin_drift(x, g, beta=0.5, log_det_sign=log_det_sign) + math.sqrt(2 * eps) * z
     e_minus = evaluate_energy(energy, sphere.from_chart(x_minus, s))
     out = (e - e_minus) / eps
     if control_variate:

@@ -48,9 +48,14 @@ def plot_density(
 def energy_log_density(energy: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """The unnormalized log density −E(x) of an energy, evaluated without tracking gradients."""
 
+    param = next(energy.parameters(), None) if isinstance(energy, torch.nn.Module) else None
+
     def log_density(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return -energy(x)
+            if param is None:
+                return -energy(x)
+            # evaluate on the energy's device and dtype (e.g. a CUDA model on a CPU plotting grid)
+            return -energy(x.to(param.device, param.dtype)).to(x.device, x.dtype)
 
     return log_density
 

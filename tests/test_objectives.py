@@ -265,3 +265,25 @@ def test_sm_mvl_uses_one_set_of_weights_with_spectral_norm():
         sm_mvl(energy, x[:10], 1e-5)
     diff = (sm_mvl(energy, x, 1e-5) - sm_exact(energy, x)).detach()
     assert z_score(diff, 0.0) < 4
+
+
+def test_step_estimators_use_one_set_of_weights():
+    """Every step-size estimator is unaffected by spectral norm's per-call power iteration.
+
+    In evaluation mode the power iteration is frozen; in training mode it advances once per call of the
+    estimator (a tiny change of the weights), but must not advance between the energies compared inside
+    one call, or the difference divided by eps = 1e-6 would be off by orders of magnitude.
+    """
+    from mvl.objectives import cd1_surrogate, ksd_mvl, spos_mvl
+
+    torch.manual_seed(0)
+    net = ScoreNetEnergy(2, hidden=(16, 16), spectral_norm=True).double()
+    x = banana(200, seed=0, dtype=torch.float64)
+    for fn, kw in [(sm_mvl, {}), (sm_denoising, {}), (cd1_surrogate, {}), (ksd_mvl, {}), (spos_mvl, {"alpha": 1.0})]:
+        net.eval()
+        torch.manual_seed(1)
+        frozen = fn(net, x, 1e-6, **kw).mean().item()
+        net.train()
+        torch.manual_seed(1)
+        value = fn(net, x, 1e-6, **kw).mean().item()
+        assert abs(value - frozen) < 1e-2 * (1 + abs(frozen)), (fn.__name__, value, frozen)

@@ -46,3 +46,10 @@ def test_plot_images_draws_on_the_axis():
     plot_images(ax, torch.rand(6, 784), ncol=3, title="six")
     assert ax.get_title() == "six" and len(ax.images) == 1
     plt.close(fig)
+
+
+def test_energy_log_density_follows_the_energy_dtype():
+    energy = QuadraticEnergy(torch.eye(2, dtype=torch.float64))
+    energy.register_parameter("dummy", torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)))
+    out = energy_log_density(energy)(torch.ones(3, 2, dtype=torch.float32))
+    assert out.dtype == torch.float32 and torch.allclose(out, torch.full((3,), -1.0))
