@@ -118,3 +118,14 @@ def time_step(
     energy.zero_grad(set_to_none=True)
     check_finite(loss.detach(), "the timed objective", warmup + repeats)
     return float(sorted(times)[len(times) // 2])
+
+
+def param_grad(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """The flattened θ-gradient of ``loss.mean()`` over all of ``model``'s parameters (zeros where a
+    parameter gets no gradient). Chapters 3 and 5 compare estimators by the cosine of these vectors.
+    """
+    model.zero_grad(set_to_none=True)
+    loss.mean().backward()
+    grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return torch.cat(grads)

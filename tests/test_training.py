@@ -33,3 +33,18 @@ def test_time_step_measures_objective_and_backward():
         time_step(energy, sm_exact, x, repeats=0)
     with pytest.raises(ValueError, match="warmup"):
         time_step(energy, sm_exact, x, warmup=-1)
+
+
+def test_param_grad_flattens_and_fills_missing_gradients():
+    import torch
+
+    from mvl.training import param_grad
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    unused = torch.nn.Linear(1, 1)
+    model.add_module("unused", unused)
+    x = torch.randn(5, 2)
+    g = param_grad(model, model[1](model[0](x)).squeeze(-1) ** 2)
+    assert g.shape == (sum(p.numel() for p in model.parameters()),)
+    assert torch.all(g[-2:] == 0) and g[:-2].abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())
