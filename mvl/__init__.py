@@ -1,31 +1,42 @@
 """mvl: the code behind the mvl-book course on minimum velocity learning of unnormalized models.
 
 Each module holds what one idea of the book needs, and each function's docstring names the chapter and
-equation it implements:
+equation it implements. The package has two halves and the course's tooling.
 
-* :mod:`mvl.utils`: profiles, seeding, device selection (the call after every ``parameters`` cell);
-* :mod:`mvl.energies`: energy parameterizations (chapter 1);
+Learning unnormalized models (chapters 1–6; the later chapters reuse it):
+
+* :mod:`mvl.energies`: the energy type, ∇E and ΔE, and the energy parameterizations (chapter 1);
 * :mod:`mvl.objectives`: score matching and its estimators (chapters 1, 3–6);
-* :mod:`mvl.samplers`: Langevin dynamics, SVGD and SPOS (chapters 2–6);
+* :mod:`mvl.samplers`: Langevin dynamics, SVGD and SPOS, Riemannian Langevin (chapters 2–6);
 * :mod:`mvl.variance`: bias and variance of stochastic estimators (chapter 4);
-* :mod:`mvl.data`: toy data sets (chapters 1–5) and MNIST (:mod:`mvl.mnist_data`, chapters 7–9);
 * :mod:`mvl.divergences`: KL divergences of particle samples (chapter 2);
 * :mod:`mvl.manifolds`: the sphere, its charts and von Mises–Fisher densities (chapter 6);
-* :mod:`mvl.priors`, :mod:`mvl.vae`: latent priors and variational auto-encoders (chapters 7–9);
-* :mod:`mvl.training`, :mod:`mvl.plotting`: the training loop and figures the chapters share;
-* :mod:`mvl.book`: executes the notebooks and records execution statistics.
+* :mod:`mvl.data`: the toy data sets (chapters 1–5);
+* :mod:`mvl.fitting`: the loop that fits an energy by any objective, gradient and timing helpers.
+
+Auto-encoders with flexible priors (chapters 7 onwards): the subpackage :mod:`mvl.ae` (MNIST, priors,
+VAEs).
+
+Course tooling:
+
+* :mod:`mvl.profiles`: profiles, seeding, device selection (``mvl.setup``, the call after every
+  ``parameters`` cell);
+* :mod:`mvl.plotting`: the figures the chapters share;
+* :mod:`mvl.book`: executes the notebooks and records execution statistics (``python -m mvl.book``).
+
+Imports go one way: :mod:`mvl.energies` imports nothing from the package; :mod:`mvl.samplers` imports
+:mod:`mvl.energies`; :mod:`mvl.objectives` imports both; :mod:`mvl.ae` imports the top level, never the
+reverse.
 """
 
-from . import (
-    data, divergences, energies, manifolds, objectives, plotting, priors, samplers, training, utils, vae, variance,
-)
-from .utils import setup
+from . import ae, data, divergences, energies, fitting, manifolds, objectives, plotting, profiles, samplers, variance
+from .profiles import setup
 
 __version__ = "0.1.0"
 REPOSITORY_URL = "https://github.com/mvl-book/mvl-book"
 """Where the book's source lives; ``_config.yml`` and every notebook's setup cell use this URL."""
 
 __all__ = [
-    "data", "divergences", "energies", "manifolds", "objectives", "plotting", "priors", "samplers", "training",
-    "utils", "vae", "variance", "setup", "REPOSITORY_URL",
+    "ae", "data", "divergences", "energies", "fitting", "manifolds", "objectives", "plotting", "profiles",
+    "samplers", "variance", "setup", "REPOSITORY_URL",
 ]

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .utils import PROFILE_ENV, PROFILES, RECORD_ENV
+from .profiles import PROFILE_ENV, PROFILES, RECORD_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 STATS_JSON = ROOT / "book" / "execution_stats.json"

@@ -2,7 +2,7 @@
 
 Every sampler has the signature ``sampler(n, seed=None, dtype=torch.float32) -> Tensor[n, 2]``; the same
 seed gives the same samples. ``seed=None`` draws from PyTorch's global generator (seeded by
-:func:`mvl.utils.setup`).
+:func:`mvl.profiles.setup`).
 """
 
 from __future__ import annotations
@@ -169,7 +169,3 @@ def density_grid(
     logp = logp - torch.logsumexp(logp.reshape(-1), 0) - math.log(cell)
     return xs, ys, logp.exp().to(dtype)
 
-
-# Chapter 7 onwards: real images. MNIST lives in its own module; it is re-exported here so that
-# ``mvl.data.mnist(split, binarize)`` works like the toy samplers above.
-from .mnist_data import ImageData, data_dir, load_mnist_arrays, mnist  # noqa: E402

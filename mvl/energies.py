@@ -1,8 +1,12 @@
 """Energy functions: the unnormalized models q(x) ∝ exp(−E(x)) of chapter 1.
 
 An *energy* in this package is any ``torch.nn.Module`` or callable mapping a batch ``[batch, d]`` to
-energies ``[batch]``. The objectives in :mod:`mvl.objectives` accept any such callable; the classes here
-are the parameterizations the chapters use.
+energies ``[batch]`` (the type :data:`Energy`). This module holds what every other module needs to work
+with one — evaluating it with a shape check, its gradient ∇ₓE and Laplacian ΔₓE, one set of
+spectral-norm weights per estimate (:func:`same_weights`), the step-size check of the ε-estimators — and
+the parameterizations the chapters use (:class:`MLPEnergy`, :class:`ScoreNetEnergy`,
+:class:`QuadraticEnergy`). :mod:`mvl.objectives`, :mod:`mvl.samplers` and :mod:`mvl.manifolds` import
+from here, and not from each other's internals.
 
 Score matching differentiates the energy twice in x, so the activations must be smooth: with ReLU the
 Laplacian ΔE vanishes almost everywhere and the Hyvärinen objective degenerates (chapter 1).
@@ -10,10 +14,87 @@ Laplacian ΔE vanishes almost everywhere and the Hyvärinen objective degenerate
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+
+Energy = Callable[[torch.Tensor], torch.Tensor]
+"""The energy type: any callable (usually an ``nn.Module``) mapping ``[batch, d]`` to ``[batch]``."""
+
+
+def same_weights(estimator: Callable) -> Callable:
+    """Evaluate every energy inside ``estimator`` with one set of weights (``parametrize.cached``).
+
+    The step-size estimators compare energies (or gradients) at nearby points and divide by a power of ε.
+    In training mode a spectrally normalized layer runs a power iteration at every call, so without the
+    cache two evaluations of "the same" network differ, and that difference divided by ε dominates the
+    estimate (chapter 4's pitfall). Nesting is harmless (``mvl.fitting.train_energy`` also caches).
+    """
+
+    @functools.wraps(estimator)
+    def wrapped(*args, **kwargs):
+        with parametrize.cached():
+            return estimator(*args, **kwargs)
+
+    return wrapped
+
+
+def as_input(x: torch.Tensor) -> torch.Tensor:
+    """A tensor we can differentiate with respect to: ``x`` itself if it already tracks gradients."""
+    if not torch.is_tensor(x) or x.dim() != 2:
+        raise ValueError(f"x must be a tensor of shape [batch, d], got {getattr(x, 'shape', type(x))}")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    return x if x.requires_grad else x.detach().requires_grad_(True)
+
+
+def evaluate_energy(energy: Energy, x: torch.Tensor) -> torch.Tensor:
+    """Call ``energy`` on ``x`` and check that it returns one finite-shaped value per sample."""
+    e = energy(x)
+    if e.dim() == 2 and e.shape[1] == 1:
+        e = e.squeeze(1)
+    if e.shape != x.shape[:1]:
+        raise ValueError(
+            f"an energy must map a batch [batch, d] to energies [batch]; got {tuple(e.shape)} "
+            f"for input {tuple(x.shape)}"
+        )
+    return e
+
+
+def energy_and_grad(energy: Energy, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """E(x) and ∇ₓE(x) for a batch, keeping the graph so that both can be differentiated again."""
+    x = as_input(x)
+    e = evaluate_energy(energy, x)
+    (g,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)
+    return e, g
+
+
+def laplacian(grad: torch.Tensor, x: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
+    """ΔE = Σᵢ ∂²E/∂xᵢ² from the gradient ``grad = ∇ₓE(x)``: one backward pass per dimension.
+
+    This is the d-fold cost that makes exact score matching expensive (chapter 1). For small d a loop of
+    autograd calls is faster than forming the Hessian.
+    """
+    lap = torch.zeros_like(grad[:, 0])
+    for i in range(x.shape[1]):
+        (h_i,) = torch.autograd.grad(grad[:, i].sum(), x, create_graph=create_graph, retain_graph=True)
+        lap = lap + h_i[:, i]
+    return lap
+
+
+
+
+def check_step_size(eps: float) -> float:
+    """Return ``eps`` as a float, or raise a ``ValueError`` if it is not a positive finite number."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"the step size eps must be a positive finite number, got {eps!r}")
+    return float(eps)
+
+
 
 ACTIVATIONS = {
     "swish": nn.SiLU,

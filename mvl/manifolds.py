@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.special import gammaln, ive
+from scipy.special import ive
 
-from .objectives import Energy, evaluate_energy, laplacian
+from .energies import Energy, evaluate_energy, laplacian
 
 
 def _check_positive_int(name: str, value) -> int:

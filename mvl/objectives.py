@@ -12,74 +12,13 @@ the model. J equals the Fisher divergence D_F(p‖q) up to a constant that does 
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 
 import torch
 from torch.nn.utils import parametrize
 
-Energy = Callable[[torch.Tensor], torch.Tensor]
-
-
-def same_weights(estimator: Callable) -> Callable:
-    """Evaluate every energy inside ``estimator`` with one set of weights (``parametrize.cached``).
-
-    The step-size estimators compare energies (or gradients) at nearby points and divide by a power of ε.
-    In training mode a spectrally normalized layer runs a power iteration at every call, so without the
-    cache two evaluations of "the same" network differ, and that difference divided by ε dominates the
-    estimate (chapter 4's pitfall). Nesting is harmless (``mvl.training.train_energy`` also caches).
-    """
-
-    @functools.wraps(estimator)
-    def wrapped(*args, **kwargs):
-        with parametrize.cached():
-            return estimator(*args, **kwargs)
-
-    return wrapped
-
-
-def _as_input(x: torch.Tensor) -> torch.Tensor:
-    """A tensor we can differentiate with respect to: ``x`` itself if it already tracks gradients."""
-    if not torch.is_tensor(x) or x.dim() != 2:
-        raise ValueError(f"x must be a tensor of shape [batch, d], got {getattr(x, 'shape', type(x))}")
-    if not torch.is_floating_point(x):
-        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    return x if x.requires_grad else x.detach().requires_grad_(True)
-
-
-def evaluate_energy(energy: Energy, x: torch.Tensor) -> torch.Tensor:
-    """Call ``energy`` on ``x`` and check that it returns one finite-shaped value per sample."""
-    e = energy(x)
-    if e.dim() == 2 and e.shape[1] == 1:
-        e = e.squeeze(1)
-    if e.shape != x.shape[:1]:
-        raise ValueError(
-            f"an energy must map a batch [batch, d] to energies [batch]; got {tuple(e.shape)} "
-            f"for input {tuple(x.shape)}"
-        )
-    return e
-
-
-def energy_and_grad(energy: Energy, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """E(x) and ∇ₓE(x) for a batch, keeping the graph so that both can be differentiated again."""
-    x = _as_input(x)
-    e = evaluate_energy(energy, x)
-    (g,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)
-    return e, g
-
-
-def laplacian(grad: torch.Tensor, x: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
-    """ΔE = Σᵢ ∂²E/∂xᵢ² from the gradient ``grad = ∇ₓE(x)``: one backward pass per dimension.
-
-    This is the d-fold cost that makes exact score matching expensive (chapter 1). For small d a loop of
-    autograd calls is faster than forming the Hessian.
-    """
-    lap = torch.zeros_like(grad[:, 0])
-    for i in range(x.shape[1]):
-        (h_i,) = torch.autograd.grad(grad[:, i].sum(), x, create_graph=create_graph, retain_graph=True)
-        lap = lap + h_i[:, i]
-    return lap
+from .energies import Energy, as_input, check_step_size, energy_and_grad, evaluate_energy, laplacian, same_weights
+from .samplers import langevin_step, rbf_kernel, spos_step, svgd_direction
 
 
 def sm_exact(energy: Energy, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +26,7 @@ def sm_exact(energy: Energy, x: torch.Tensor) -> torch.Tensor:
 
     The Laplacian is computed exactly with d extra backward passes.
     """
-    x = _as_input(x)
+    x = as_input(x)
     _, g = energy_and_grad(energy, x)
     return 0.5 * (g**2).sum(-1) - laplacian(g, x)
 
@@ -98,7 +37,7 @@ def fisher_divergence(log_density: Energy, energy: Energy, x: torch.Tensor) -> t
     Needs the data score, so it is only available for synthetic data with a known (possibly unnormalized)
     ``log_density``; its mean over x ~ p is D_F(p‖q) for q ∝ exp(−E). Used to evaluate fitted models.
     """
-    x = _as_input(x)
+    x = as_input(x)
     _, g_energy = energy_and_grad(energy, x, create_graph=False)
     _, g_neg_log_p = energy_and_grad(lambda v: -log_density(v), x, create_graph=False)
     return 0.5 * ((g_energy - g_neg_log_p) ** 2).sum(-1)
@@ -116,7 +55,7 @@ def sm_sliced(
     """
     if not isinstance(n_slices, int) or n_slices < 1:
         raise ValueError(f"n_slices must be a positive integer, got {n_slices!r}")
-    x = _as_input(x)
+    x = as_input(x)
     _, g = energy_and_grad(energy, x)
     total = torch.zeros_like(g[:, 0])
     for _ in range(n_slices):
@@ -128,13 +67,6 @@ def sm_sliced(
     return total / n_slices
 
 
-def _check_eps(eps: float) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"the step size eps must be a positive finite number, got {eps!r}")
-    return float(eps)
-
-
-@same_weights
 def sm_denoising(
     energy: Energy, x: torch.Tensor, eps: float, control_variate: bool = True
 ) -> torch.Tensor:
@@ -151,8 +83,8 @@ def sm_denoising(
     Both have the same expected θ-gradient, that of J. The control variate costs one extra gradient
     evaluation at the clean x.
     """
-    eps = _check_eps(eps)
-    x = _as_input(x)
+    eps = check_step_size(eps)
+    x = as_input(x)
     z = torch.randn_like(x)
     x_noisy = x + math.sqrt(eps) * z
     _, g_noisy = energy_and_grad(energy, x_noisy)
@@ -195,8 +127,8 @@ def sm_mvl(
     Floating point: the estimator subtracts two nearly equal energies, so its rounding error is about
     (machine epsilon × |E|)/ε. Keep ε ≥ 1e-4 in float32; use float64 for smaller ε; keep TF32 off.
     """
-    eps = _check_eps(eps)
-    x = _as_input(x)
+    eps = check_step_size(eps)
+    x = as_input(x)
     # Both energies must come from the same weights: a parametrized layer (spectral normalization) runs a
     # power iteration at every call in training mode, and a change of the weights between the two calls,
     # divided by ε, would swamp the estimate. ``cached`` computes such weights once for both calls.
@@ -239,10 +171,9 @@ def cd1_surrogate(energy: Energy, x: torch.Tensor, eps: float, control_variate: 
     The *value* is **not** an estimate of J: its mean tends to E_p[‖∇E‖² − ΔE] = J + ½E_p‖∇E‖², which depends
     on θ (footnote 5 of the paper). Use it only to train; monitor with :func:`sm_exact` or :func:`sm_sliced`.
     """
-    from .samplers import langevin_step  # imported here: mvl.samplers imports this module
 
-    eps = _check_eps(eps)
-    x = _as_input(x)
+    eps = check_step_size(eps)
+    x = as_input(x)
     e, g = energy_and_grad(energy, x)
     x_one, z = langevin_step(energy, x, eps)  # detached: CD does not differentiate through the sampler
     out = (e - evaluate_energy(energy, x_one)) / eps
@@ -286,10 +217,9 @@ def ksd(energy: Energy, x: torch.Tensor, kernel=None, u_statistic: bool = True) 
     ``kernel(x, y) -> (K, dK)`` as :func:`mvl.samplers.rbf_kernel` (the default, median bandwidth); the
     trace term, which does not depend on θ, is computed by automatic differentiation of ``dK``.
     """
-    from .samplers import rbf_kernel  # imported here: mvl.samplers imports this module
 
     kernel = rbf_kernel if kernel is None else kernel
-    x = _as_input(x)
+    x = as_input(x)
     n = x.shape[0]
     if n < 2:
         raise ValueError("the kernelized Stein discrepancy needs a batch of at least two points")
@@ -324,11 +254,10 @@ def ksd_mvl(energy: Energy, x: torch.Tensor, eps: float, kernel=None, u_statisti
 
     The gradient flows through x⁻; float64 is advised for ε below 1e-4 (see :func:`sm_mvl`).
     """
-    from .samplers import rbf_kernel, svgd_direction  # imported here: mvl.samplers imports this module
 
     kernel = rbf_kernel if kernel is None else kernel
-    eps = _check_eps(eps)
-    x = _as_input(x)
+    eps = check_step_size(eps)
+    x = as_input(x)
     n = x.shape[0]
     if n < 2:
         raise ValueError("an SVGD step needs a batch of at least two points")
@@ -354,10 +283,9 @@ def spos_mvl(
     batch mean tends to α J + ½ KSD_V − ½ (1/n²) Σᵢⱼ tr ∇ₓ∇_{x'}k(xᵢ, xⱼ): the SPOS velocity interpolates
     score matching (α → ∞, after dividing by α) and the KSD (α = 0, :func:`ksd_mvl`).
     """
-    from .samplers import spos_step  # imported here: mvl.samplers imports this module
 
-    eps = _check_eps(eps)
-    x = _as_input(x)
+    eps = check_step_size(eps)
+    x = as_input(x)
     e, g = energy_and_grad(energy, x)
     x_minus, z = spos_step(lambda v: 0.5 * evaluate_energy(energy, v), x, eps, alpha, kernel, create_graph=True)
     out = (e - evaluate_energy(energy, x_minus)) / eps
@@ -399,7 +327,7 @@ def sm_riemannian_mvl(
     ``log_det_sign=-1`` uses the sign of log|G| printed in the paper's eq. (18) instead; it exists only for
     chapter 6's demonstration that this leaves a bias as ε → 0.
     """
-    eps = _check_eps(eps)
+    eps = check_step_size(eps)
     if log_det_sign not in (1, -1):
         raise ValueError(f"log_det_sign must be +1 or -1, got {log_det_sign!r}")
     x, s, e, g = sphere.chart_energy(energy, y, create_graph=True)

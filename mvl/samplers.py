@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from .objectives import Energy, _check_eps, energy_and_grad
+from .energies import Energy, check_step_size, energy_and_grad
 
 
 def langevin_step(
@@ -24,7 +24,7 @@ def langevin_step(
     Returns ``(x', z)``. ``beta=1/2`` is the step MVL takes (chapter 3). With ``create_graph=False`` the
     new state is detached (a sampler); with ``True`` it stays differentiable in the energy's parameters.
     """
-    eps = _check_eps(eps)
+    eps = check_step_size(eps)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be a positive finite number, got {beta!r}")
     _, g = energy_and_grad(energy, x, create_graph=create_graph)
@@ -118,7 +118,7 @@ def svgd_direction(energy: Energy, x: torch.Tensor, kernel: Kernel = rbf_kernel,
 
 def svgd_step(energy: Energy, x: torch.Tensor, eps: float, kernel: Kernel = rbf_kernel) -> torch.Tensor:
     """One SVGD step x' = x + ε φ(x) targeting q ∝ exp(−E) (Liu & Wang, 2016; chapter 2). Detached."""
-    eps = _check_eps(eps)
+    eps = check_step_size(eps)
     return (x + eps * svgd_direction(energy, x, kernel)).detach()
 
 
@@ -138,7 +138,7 @@ def spos_step(
     metric of (α Id + K)⁻¹ (paper appendix B.1). Returns ``(x', z)``; ``alpha=0`` is SVGD, and large α is
     dominated by Langevin dynamics. With ``create_graph=False`` the new state is detached.
     """
-    eps = _check_eps(eps)
+    eps = check_step_size(eps)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
         raise ValueError(f"alpha must be a non-negative finite number, got {alpha!r}")
     kernel = rbf_kernel if kernel is None else kernel
@@ -171,7 +171,7 @@ def riemannian_langevin_step(
     (chapter 6); the paper prints it with a minus sign. ``log_det_sign=-1`` flips it **for the chapter's
     demonstration only**: that chain samples a different, chart-dependent distribution.
     """
-    eps = _check_eps(eps)
+    eps = check_step_size(eps)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be a positive finite number, got {beta!r}")
     x, s, _, g = sphere.chart_energy(energy, y, create_graph=create_graph)

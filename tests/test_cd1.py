@@ -7,7 +7,8 @@ import torch
 
 from mvl.data import banana
 from mvl.energies import QuadraticEnergy, ScoreNetEnergy
-from mvl.objectives import cd1_surrogate, energy_and_grad, sm_exact
+from mvl.energies import energy_and_grad
+from mvl.objectives import cd1_surrogate, sm_exact
 
 A = torch.tensor([[1.5, 0.4], [0.4, 0.8]], dtype=torch.float64)
 

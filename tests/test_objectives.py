@@ -7,7 +7,8 @@ import torch
 
 from mvl.data import banana
 from mvl.energies import MLPEnergy, QuadraticEnergy, ScoreNetEnergy
-from mvl.objectives import energy_and_grad, laplacian, sm_denoising, sm_exact, sm_mvl, sm_sliced
+from mvl.energies import energy_and_grad, laplacian
+from mvl.objectives import sm_denoising, sm_exact, sm_mvl, sm_sliced
 
 A = torch.tensor([[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 1.5]], dtype=torch.float64)
 SIGMA = torch.tensor([[1.0, 0.3, 0.1], [0.3, 0.5, 0.0], [0.1, 0.0, 0.8]], dtype=torch.float64)

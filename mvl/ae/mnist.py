@@ -1,6 +1,7 @@
 """MNIST for the auto-encoder chapters (chapter 7 onwards): checksummed loading and binarization.
 
-The public entry point is :func:`mvl.data.mnist` (re-exported by :mod:`mvl.data`). The four official IDX
+The public entry point is :func:`mvl.ae.mnist.mnist` (``mnist(split, binarize)``, like the toy samplers of
+:mod:`mvl.data`). The four official IDX
 files (LeCun et al., 1998) are looked for, in this order,
 
 1. in the local cache ``$MVL_DATA/mnist`` (default ``~/.cache/mvl/mnist``, see :func:`data_dir`), as the

@@ -6,7 +6,7 @@ Every prior is an ``nn.Module`` with two methods,
 * ``sample(n)``: ``-> [n, d]``, drawn without gradient (for figures and sample quality),
 
 and the attribute ``dim``. Normalized priors (:class:`StandardNormal`, :class:`VampPrior`, chapter 7)
-return exact log densities, so the ELBO and the importance-sampled likelihood of :mod:`mvl.vae` are
+return exact log densities, so the ELBO and the importance-sampled likelihood of :mod:`mvl.ae.vae` are
 proper bounds. A later prior only needs the same two methods: an energy-based prior returns ``-E(z)`` and
 sets ``normalized = False`` (its log partition function is then a separate problem, chapter 8); a prior on
 the sphere returns the log density with respect to the sphere's surface measure.

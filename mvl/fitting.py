@@ -1,4 +1,5 @@
-"""A small training loop for energy-based models fitted by any per-sample objective (chapters 1, 3–5)."""
+"""Fitting an energy to samples by any per-sample objective (chapters 1, 3–6): the loop, and the helpers
+the chapters share around it (finite checks, flattened parameter gradients, the timing of one step)."""
 
 from __future__ import annotations
 

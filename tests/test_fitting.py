@@ -6,7 +6,7 @@ import torch
 from mvl.data import banana
 from mvl.energies import MLPEnergy, ScoreNetEnergy
 from mvl.objectives import sm_exact, sm_sliced
-from mvl.training import time_step, train_energy
+from mvl.fitting import time_step, train_energy
 
 
 def test_difference_quotients_see_one_network_per_iteration():
@@ -38,7 +38,7 @@ def test_time_step_measures_objective_and_backward():
 def test_param_grad_flattens_and_fills_missing_gradients():
     import torch
 
-    from mvl.training import param_grad
+    from mvl.fitting import param_grad
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
     unused = torch.nn.Linear(1, 1)

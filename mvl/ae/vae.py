@@ -3,10 +3,10 @@
 A :class:`VAE` is three parts with small interfaces, so that later chapters swap one part at a time:
 
 * an encoder ``x -> q(z|x)``, an object with ``rsample(n)`` and ``log_prob(z)``
-  (:class:`GaussianEncoder` returns a :class:`mvl.priors.DiagonalGaussian`);
+  (:class:`GaussianEncoder` returns a :class:`mvl.ae.priors.DiagonalGaussian`);
 * a decoder with ``log_prob(x, z)`` (log p(x|z), summed over pixels) and ``mean(z)``
   (:class:`BernoulliDecoder`);
-* a prior with ``log_prob(z)`` and ``sample(n)`` (:mod:`mvl.priors`: standard normal, VampPrior).
+* a prior with ``log_prob(z)`` and ``sample(n)`` (:mod:`mvl.ae.priors`: standard normal, VampPrior).
 
 The encoder and decoder are the one-stochastic-layer networks of the VampPrior paper (Tomczak & Welling,
 2018): two gated dense layers of 300 units (Dauphin et al., 2017) each way. The training objective is the
@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mnist_data import ImageData, data_dir
+from ..fitting import check_finite
+from .mnist import ImageData, data_dir
 from .priors import DiagonalGaussian, Prior, StandardNormal, VampPrior
-from .training import check_finite
 
 
 class GatedDense(nn.Module):

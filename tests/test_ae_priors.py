@@ -1,12 +1,12 @@
-"""Priors and Gaussian posteriors of the auto-encoder chapters (mvl.priors)."""
+"""Priors and Gaussian posteriors of the auto-encoder chapters (mvl.ae.priors)."""
 
 import math
 
 import pytest
 import torch
 
-from mvl.priors import DiagonalGaussian, StandardNormal, VampPrior, gaussian_log_prob
-from mvl.vae import GaussianEncoder
+from mvl.ae.priors import DiagonalGaussian, StandardNormal, VampPrior, gaussian_log_prob
+from mvl.ae.vae import GaussianEncoder
 
 
 def small_encoder(seed=0, input_dim=6, latent=3):

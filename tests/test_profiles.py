@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from mvl.utils import PROFILES, get_device, resolve_profile, seed_everything, setup
+from mvl.profiles import PROFILES, get_device, resolve_profile, seed_everything, setup
 
 DEFAULTS = {
     "quick": dict(n_iter=10, lr=1e-2, eps=1e-3, dims=[2, 4], objective="mvl", spectral=True),

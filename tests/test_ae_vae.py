@@ -1,12 +1,12 @@
-"""The VAE toolkit (mvl.vae): networks, ELBO, importance-sampled likelihood, training, checkpoints."""
+"""The VAE toolkit (mvl.ae.vae): networks, ELBO, importance-sampled likelihood, training, checkpoints."""
 
 import math
 
 import pytest
 import torch
 
-from mvl import vae as V
-from mvl.priors import Prior, StandardNormal, VampPrior
+from mvl.ae import vae as V
+from mvl.ae.priors import Prior, StandardNormal, VampPrior
 
 
 @pytest.fixture(autouse=True)

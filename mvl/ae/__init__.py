@@ -1,0 +1,15 @@
+"""The auto-encoder half of the book (chapters 7 onwards): variational auto-encoders with flexible priors.
+
+* :mod:`mvl.ae.mnist`: MNIST, checksummed loading and binarization (``mnist(split, binarize)``);
+* :mod:`mvl.ae.priors`: the Gaussian posterior and the priors (standard normal, VampPrior; chapter 7);
+* :mod:`mvl.ae.vae`: encoder, decoder, ELBO, importance-sampled likelihood, training and checkpoints
+  (chapter 7).
+
+The later chapters add their modules here (energy-based priors, flows, implicit encoders, WAEs, FID). What
+the first half of the book teaches — energies, score-matching objectives, samplers, the sphere — stays at
+the top level of :mod:`mvl`, and these modules import it from there.
+"""
+
+from . import mnist, priors, vae
+
+__all__ = ["mnist", "priors", "vae"]
