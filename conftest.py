@@ -8,3 +8,6 @@ book profile).
 import os
 
 os.environ.setdefault("MVL_PROFILE", "quick")
+
+# Leftovers of an interrupted `python -m mvl.book run` are not chapters (see mvl.book.run_notebook).
+collect_ignore_glob = ["notebooks/*.failed.ipynb", "notebooks/.*.ipynb"]

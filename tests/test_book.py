@@ -117,3 +117,103 @@ def test_stats_page(tmp_path):
     )
     text = out.read_text()
     assert "| `a.ipynb` | book | 1 min 15 s | cpu (1 threads) |" in text
+
+
+def _tiny_notebook(path, cells):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_an_interrupted_refresh_leaves_the_notebook_intact(tmp_path, sig):
+    """Killed midway, `python -m mvl.book run` leaves the notebook byte-identical (issue: refreshes must never
+    destroy stored outputs); a polite kill also keeps the partial run as NAME.failed.ipynb."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nb = tmp_path / "chapter.ipynb"
+    before = _tiny_notebook(nb, ["print('first cell done')", "import time\ntime.sleep(120)", "print('never')"])
+    proc = subprocess.Popen([sys.executable, "-m", "mvl.book", "run", "--no-stats", str(nb)], cwd=ROOT)
+    deadline = time.time() + 90
+    running = []
+    while time.time() < deadline:  # wait until papermill has written the first cell's output to its copy
+        running = list(tmp_path.glob(".chapter.*.running.ipynb"))
+        if running and "first cell done" in running[0].read_text(errors="ignore"):
+            break
+        time.sleep(0.3)
+    assert running, "the run never started writing its temporary copy"
+    assert nb.read_bytes() == before, "the notebook changed while it was running"
+    proc.send_signal(getattr(signal, sig))
+    rc = proc.wait(timeout=60)
+    assert rc != 0
+    assert nb.read_bytes() == before, f"after {sig} the notebook is not byte-identical"
+    failed = tmp_path / "chapter.failed.ipynb"
+    if sig == "SIGTERM":
+        assert failed.exists() and "first cell done" in failed.read_text()
+        assert not list(tmp_path.glob(".chapter.*.running.ipynb"))
+
+
+def test_a_finished_refresh_replaces_the_notebook(tmp_path):
+    from mvl.book import run_notebook
+
+    nb = tmp_path / "chapter.ipynb"
+    _tiny_notebook(nb, ["print(6 * 7)"])
+    (tmp_path / "chapter.failed.ipynb").write_text("{}")  # a stale failed copy is removed by a good run
+    rec = run_notebook(nb, timeout=120)
+    assert "42" in nb.read_text() and rec["notebook"] == "chapter.ipynb"
+    assert not (tmp_path / "chapter.failed.ipynb").exists()
+    assert not list(tmp_path.glob(".chapter.*.running.ipynb"))
+
+
+def test_a_failing_cell_keeps_the_notebook_and_the_failed_copy(tmp_path):
+    from mvl.book import run_notebook
+
+    nb = tmp_path / "chapter.ipynb"
+    before = _tiny_notebook(nb, ["print('ok')", "raise RuntimeError('boom')"])
+    with pytest.raises(Exception, match="boom"):
+        run_notebook(nb, timeout=120)
+    assert nb.read_bytes() == before
+    assert "boom" in (tmp_path / "chapter.failed.ipynb").read_text()
+
+
+def test_progress_bars_are_stored_as_their_final_text():
+    from mvl.book import INTERACTIVE_TEXT, freeze_widget_outputs
+
+    view = "application/vnd.jupyter.widget-view+json"
+    state = {
+        "bar": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_l", "IPY_MODEL_p", "IPY_MODEL_r"]}},
+        "l": {"model_name": "HTMLModel", "state": {"value": "fit:\u2007\u200799%"}},
+        "p": {"model_name": "FloatProgressModel", "state": {"value": 300.0, "max": 300.0}},
+        "r": {"model_name": "HTMLModel", "state": {"value": "\u2007296/300\u2007[00:06&lt;00:00,\u200741.47it/s]"}},
+        "box": {"model_name": "VBoxModel", "state": {"children": []}},
+    }
+    nb = {
+        "metadata": {"widgets": {"application/vnd.jupyter.widget-state+json": {"state": state}}},
+        "cells": [{"cell_type": "code", "outputs": [
+            {"output_type": "display_data", "data": {view: {"model_id": "bar"}, "text/plain": ["fit:   0%|"]}},
+            {"output_type": "display_data", "data": {view: {"model_id": "box"}, "text/plain": ["VBox(...)"]}},
+        ]}],
+    }
+    assert freeze_widget_outputs(nb) == 2
+    bar, box = (o["data"]["text/plain"] for o in nb["cells"][0]["outputs"])
+    assert bar == "fit: 100%|██████████| 300/300 [00:06<00:00, 41.47it/s]"
+    assert box == INTERACTIVE_TEXT
+
+
+def test_stored_widget_outputs_are_frozen():
+    """Every stored widget output has the text the book renders (run through mvl.book, not by hand)."""
+    view = "application/vnd.jupyter.widget-view+json"
+    for path in NOTEBOOKS:
+        for cell in code_cells(load(path)):
+            for out in cell.get("outputs", []):
+                data = out.get("data", {})
+                if view in data:
+                    text = "".join(data.get("text/plain", ""))
+                    assert re.search(r"\d+%\|", text) or "interactive widget" in text, f"{path.name}: unfrozen widget output {text!r}"
