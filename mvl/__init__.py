@@ -22,7 +22,9 @@ Course tooling:
 * :mod:`mvl.profiles`: profiles, seeding, device selection (``mvl.setup``, the call after every
   ``parameters`` cell);
 * :mod:`mvl.plotting`: the figures the chapters share;
-* :mod:`mvl.book`: executes the notebooks and records execution statistics (``python -m mvl.book``).
+* :mod:`mvl.book`: executes the notebooks and records execution statistics (``python -m mvl.book``);
+* :mod:`mvl.bench`: times one training step of every estimator (``python -m mvl.bench``; the page "Cost
+  of the estimators").
 
 Imports go one way: :mod:`mvl.energies` imports nothing from the package; :mod:`mvl.samplers` imports
 :mod:`mvl.energies`; :mod:`mvl.objectives` imports both; :mod:`mvl.ae` imports the top level, never the
