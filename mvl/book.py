@@ -120,9 +120,11 @@ def run_notebook(path: Path, profile: str = DEFAULT_PROFILE, kernel: str = "pyth
     if path.name.endswith(".failed.ipynb"):
         raise ValueError(f"{path.name} is the output of a failed run; run the notebook it came from instead")
     params = {} if profile == DEFAULT_PROFILE else {"profile": profile}
+    mode = path.stat().st_mode & 0o777
     fd, running = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".running.ipynb")
     os.close(fd)
     running = Path(running)
+    os.chmod(running, mode)  # mkstemp makes the file private (0600); keep the notebook's own permissions
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "record.json"
         saved = {k: os.environ.get(k) for k in (PROFILE_ENV, RECORD_ENV)}

@@ -166,8 +166,10 @@ def test_a_finished_refresh_replaces_the_notebook(tmp_path):
     nb = tmp_path / "chapter.ipynb"
     _tiny_notebook(nb, ["print(6 * 7)"])
     (tmp_path / "chapter.failed.ipynb").write_text("{}")  # a stale failed copy is removed by a good run
+    nb.chmod(0o644)
     rec = run_notebook(nb, timeout=120)
     assert "42" in nb.read_text() and rec["notebook"] == "chapter.ipynb"
+    assert nb.stat().st_mode & 0o777 == 0o644, "the refreshed notebook must keep its permissions"
     assert not (tmp_path / "chapter.failed.ipynb").exists()
     assert not list(tmp_path.glob(".chapter.*.running.ipynb"))
 
