@@ -101,6 +101,41 @@ def _visible_text(drv) -> str:
     )
 
 
+def _open(drv, page: Path, shot: str) -> None:
+    """Load a built page (waiting for MathJax) and save its screenshot as ``_build/screenshots/SHOT.png``."""
+    assert page.exists(), f"{page} was not built (is it in _toc.yml?)"
+    _load(drv, page)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    drv.save_screenshot(str(SHOTS / f"{shot}.png"))
+
+
+def _page_problems(drv) -> list[str]:
+    """What every page must avoid: raw TeX or markdown-table rows in the visible text, images that did not
+    load, errors in the browser console."""
+    text = _visible_text(drv)
+    problems = []
+    for pattern, what in RAW_TEX:
+        hits = [m.group(0) for m in re.finditer(pattern, text)]
+        if hits:
+            problems.append(f"raw TeX left in the page ({what}): {hits[:3]}")
+    if TABLE_ROW.search(text):
+        problems.append("a markdown table row (| --- |) is left as text")
+    broken = drv.execute_script(
+        """return Array.from(document.querySelectorAll('main img'))
+             .filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'));"""
+    )
+    if broken:
+        problems.append(f"images that did not load: {broken[:5]}")
+    console = [e for e in drv.get_log("browser") if e.get("level") == "SEVERE"]
+    if console:
+        problems.append(f"console errors: {[e['message'][:200] for e in console[:3]]}")
+    return problems
+
+
+def _n_math(drv) -> int:
+    return drv.execute_script("return document.querySelectorAll('mjx-container').length")
+
+
 def _printed_tables(path: Path) -> int:
     nb = json.loads(path.read_text())
     n = 0
@@ -113,39 +148,18 @@ def _printed_tables(path: Path) -> int:
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_chapter_page_renders(driver, notebook):
-    page = HTML / "notebooks" / f"{notebook.stem}.html"
-    assert page.exists(), f"{page} was not built"
-    _load(driver, page)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SHOTS / f"{notebook.stem}.png"))
-    problems = []
-
-    n_math = driver.execute_script("return document.querySelectorAll('mjx-container').length")
-    if n_math == 0:
+    _open(driver, HTML / "notebooks" / f"{notebook.stem}.html", notebook.stem)
+    problems = _page_problems(driver)
+    if _n_math(driver) == 0:
         problems.append("MathJax rendered no math (no mjx-container)")
     errors = driver.execute_script("return document.querySelectorAll('mjx-merror, .mjx-merror').length")
     if errors:
         problems.append(f"{errors} formulas failed to typeset (mjx-merror)")
 
-    text = _visible_text(driver)
-    for pattern, what in RAW_TEX:
-        hits = [m.group(0) for m in re.finditer(pattern, text)]
-        if hits:
-            problems.append(f"raw TeX left in the page ({what}): {hits[:3]}")
-    if TABLE_ROW.search(text):
-        problems.append("a markdown table row (| --- |) is left as text")
-
     want = _printed_tables(notebook)
     got = driver.execute_script("return document.querySelectorAll('.cell_output table').length")
     if got < want:
         problems.append(f"the chapter prints {want} tables but {got} render as HTML tables")
-
-    broken = driver.execute_script(
-        """return Array.from(document.querySelectorAll('main img'))
-             .filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'));"""
-    )
-    if broken:
-        problems.append(f"images that did not load: {broken[:5]}")
     n_images = driver.execute_script("return document.querySelectorAll('.cell_output img').length")
     if n_images == 0:
         problems.append("no output figure on the page")
@@ -169,23 +183,13 @@ def test_chapter_page_renders(driver, notebook):
     if expected not in colab:
         problems.append(f"no Colab link {expected} (found {colab})")
 
-    console = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
-    if console:
-        problems.append(f"console errors: {[e['message'][:200] for e in console[:3]]}")
-
     assert not problems, f"{notebook.stem}:\n  " + "\n  ".join(problems)
 
 
 def test_the_landing_page_renders(driver):
-    _load(driver, HTML / "index.html")
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SHOTS / "index.png"))
-    broken = driver.execute_script(
-        "return Array.from(document.querySelectorAll('main img')).filter(i => !(i.complete && i.naturalWidth > 0)).length"
-    )
-    assert broken == 0
-    console = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
-    assert not console, console[:3]
+    _open(driver, HTML / "index.html", "index")
+    problems = _page_problems(driver)
+    assert not problems, "index:\n  " + "\n  ".join(problems)
 
 
 def _free_port() -> int:
@@ -235,89 +239,9 @@ PAGES = ["paper_notes", "performance", "how_to_run", "execution_stats"]
 @pytest.mark.parametrize("name", PAGES)
 def test_prose_page_renders(driver, name):
     """The reference pages: math typeset, no raw TeX or markdown-table rows, images loaded, no console errors."""
-    page = HTML / "book" / f"{name}.html"
-    assert page.exists(), f"{page} was not built (is book/{name} in _toc.yml?)"
-    _load(driver, page)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SHOTS / f"book_{name}.png"))
-    text = _visible_text(driver)
-    problems = [f"raw TeX ({what}): {m.group(0)!r}" for pattern, what in RAW_TEX for m in [re.search(pattern, text)] if m]
-    if TABLE_ROW.search(text):
-        problems.append("a markdown table row (| --- |) is left as text")
+    _open(driver, HTML / "book" / f"{name}.html", f"book_{name}")
+    problems = _page_problems(driver)
     source = (ROOT / "book" / f"{name}.md").read_text()
-    if re.search(r"\$[^$\n]*\\[a-zA-Z]", source) and driver.execute_script("return document.querySelectorAll('mjx-container').length") == 0:
+    if re.search(r"\$[^$\n]*\\[a-zA-Z]", source) and _n_math(driver) == 0:
         problems.append("the page has math but MathJax rendered none")
-    broken = driver.execute_script(
-        "return Array.from(document.querySelectorAll('main img')).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
-    )
-    if broken:
-        problems.append(f"images that did not load: {broken}")
-    console = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
-    if console:
-        problems.append(f"console errors: {[e['message'][:200] for e in console[:3]]}")
     assert not problems, f"{name}:\n  " + "\n  ".join(problems)
-
-
-WIDGET_CHAPTERS = sorted(p for p in NOTEBOOKS
-                         if re.search(r"Dropdown|IntSlider|FloatSlider|interact", p.read_text()))
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """A JupyterLab server (quick profile) over a copy of the notebooks, so that autosave cannot touch them."""
-    root = tmp_path_factory.mktemp("lab")
-    for p in WIDGET_CHAPTERS:
-        shutil.copy(p, root / p.name)
-    port = _free_port()
-    env = dict(__import__("os").environ, MVL_PROFILE="quick")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
-         "--IdentityProvider.token=", "--ServerApp.password=", f"--ServerApp.root_dir={root}",
-         "--LabApp.expose_app_in_browser=True", "--ServerApp.disable_check_xsrf=True"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{base}/api", timeout=3)
-            break
-        except OSError:
-            time.sleep(1)
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def _shutdown_kernels(base: str) -> None:
-    with urllib.request.urlopen(f"{base}/api/kernels", timeout=10) as r:
-        kernels = json.loads(r.read().decode())
-    for k in kernels:
-        urllib.request.urlopen(urllib.request.Request(f"{base}/api/kernels/{k['id']}", method="DELETE"), timeout=10)
-
-
-@pytest.mark.parametrize("notebook", WIDGET_CHAPTERS, ids=[p.stem for p in WIDGET_CHAPTERS])
-def test_widgets_render_in_jupyterlab(driver, lab, notebook):
-    """Run the chapter in JupyterLab (quick profile): its interactive explorer renders as live widgets."""
-    driver.get(f"{lab}/lab/tree/{notebook.name}")
-    deadline = time.time() + 60
-    while time.time() < deadline and not driver.execute_script(
-            "return !!(window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell'))"):
-        time.sleep(1)
-    time.sleep(3)  # let the kernel start
-    driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    found, deadline = 0, time.time() + 300
-    while time.time() < deadline:
-        found = driver.execute_script(
-            "return document.querySelectorAll('.jp-OutputArea .widget-slider, .jp-OutputArea .widget-dropdown, "
-            ".jp-OutputArea .widget-image, .jp-OutputArea .widget-toggle-buttons').length")
-        if found:
-            break
-        time.sleep(2)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SHOTS / f"jupyterlab_{notebook.stem}.png"))
-    _shutdown_kernels(lab)
-    assert found, f"{notebook.name}: no interactive widget rendered in JupyterLab within 300 s"
