@@ -23,6 +23,9 @@ Course tooling:
   ``parameters`` cell);
 * :mod:`mvl.plotting`: the figures the chapters share;
 * :mod:`mvl.book`: executes the notebooks and records execution statistics (``python -m mvl.book``);
+* :mod:`mvl.train`: long, resumable training runs of the book's recipes (``python -m mvl.train``;
+  the recipes are in :mod:`mvl.ae.recipes`), and :mod:`mvl.trained`: the committed models in
+  ``trained/``, published with provenance and loaded checksum-verified;
 * :mod:`mvl.bench`: times one training step of every estimator (``python -m mvl.bench``; the page "Cost
   of the estimators").
 

@@ -74,7 +74,20 @@ def device_description(device: torch.device) -> str:
 
 
 class Config(dict):
-    """The resolved run configuration: a dict whose keys are also attributes (``cfg.lr``)."""
+    """The resolved run configuration: a dict whose keys are also attributes (``cfg.lr``).
+
+    Setting an attribute sets the key (``cfg.epochs = 10`` is ``cfg["epochs"] = 10``), so that anything
+    keyed on the dict — a checkpoint's cache key — sees the change.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        try:
+            del self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
     def __getattr__(self, name: str) -> Any:
         try:

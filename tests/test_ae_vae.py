@@ -224,3 +224,22 @@ def test_sample_and_reconstruct_shapes():
     x = binary_data(5)
     assert model.sample(7).shape == (7, 8) and model.reconstruct(x).shape == (5, 8)
     assert ((model.sample(7) >= 0) & (model.sample(7) <= 1)).all()
+
+
+def test_effective_sample_size_of_the_importance_weights():
+    """ESS is S for equal weights (posterior = prior, decoder ignores z) and drops when weights differ."""
+    torch.manual_seed(0)
+    model = V.build_vae("standard", latent_dim=3, hidden=8, input_dim=6)
+    x = torch.bernoulli(torch.full((4, 6), 0.5))
+    est = model.importance_estimates(x, 64, max_rows=50)  # several chunks
+    assert est["ess"].shape == (4,) and (est["ess"] >= 1 - 1e-4).all() and (est["ess"] <= 64 + 1e-3).all()
+    # the same numbers in one chunk
+    torch.manual_seed(1)
+    a = model.importance_estimates(x, 64, max_rows=10_000)
+    torch.manual_seed(1)
+    b = model.log_likelihood(x, 64, max_rows=10_000)
+    assert torch.allclose(a["log_px"], b)
+    # exact ESS for known weights: w = (0, log 3) repeated -> (1+3)^2/(1+9) per pair
+    logw = torch.tensor([0.0, math.log(3.0)]).repeat(8)[:, None]
+    lse, lse2 = torch.logsumexp(logw, 0), torch.logsumexp(2 * logw, 0)
+    assert torch.allclose(torch.exp(2 * lse - lse2), torch.tensor([8 * 16 / 10.0]))

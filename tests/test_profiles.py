@@ -91,3 +91,26 @@ def test_setup_prints_and_records(tmp_path, monkeypatch, capsys):
     assert json.loads(record.read_text())["profile"] == "quick"
     with pytest.raises(AttributeError, match="no entry"):
         cfg.missing
+
+
+def test_config_attribute_assignment_writes_the_key():
+    """cfg.epochs = E must change cfg["epochs"], or a checkpoint keyed on the dict reloads stale weights."""
+    from mvl.ae.vae import checkpoint_path
+    from mvl.profiles import Config
+
+    cfg = Config(epochs=6, lr=1e-3)
+    before = checkpoint_path("ch7-vamp", cfg, root="/tmp/x")
+    cfg.epochs = 10
+    assert cfg["epochs"] == 10 and cfg.epochs == 10
+    assert checkpoint_path("ch7-vamp", cfg, root="/tmp/x") != before
+    del cfg.lr
+    assert "lr" not in cfg
+
+
+def test_checkpoint_key_includes_the_library_version(monkeypatch):
+    import mvl
+    from mvl.ae.vae import checkpoint_path
+
+    a = checkpoint_path("m", {"epochs": 6}, root="/tmp/x")
+    monkeypatch.setattr(mvl, "__version__", "9.9.9")
+    assert checkpoint_path("m", {"epochs": 6}, root="/tmp/x") != a

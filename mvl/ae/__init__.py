@@ -3,13 +3,14 @@
 * :mod:`mvl.ae.mnist`: MNIST, checksummed loading and binarization (``mnist(split, binarize)``);
 * :mod:`mvl.ae.priors`: the Gaussian posterior and the priors (standard normal, VampPrior; chapter 7);
 * :mod:`mvl.ae.vae`: encoder, decoder, ELBO, importance-sampled likelihood, training and checkpoints
-  (chapter 7).
+  (chapter 7);
+* :mod:`mvl.ae.recipes`: the trained models the chapters show, one recipe each (``python -m mvl.train``).
 
 The later chapters add their modules here (energy-based priors, flows, implicit encoders, WAEs, FID). What
 the first half of the book teaches — energies, score-matching objectives, samplers, the sphere — stays at
 the top level of :mod:`mvl`, and these modules import it from there.
 """
 
-from . import mnist, priors, vae
+from . import mnist, priors, recipes, vae
 
-__all__ = ["mnist", "priors", "vae"]
+__all__ = ["mnist", "priors", "recipes", "vae"]

@@ -148,24 +148,36 @@ class VAE(nn.Module):
         return self.decoder.log_prob(x, z) + self.prior.log_prob(z) - q.log_prob(z)
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, n_samples: int = 5000, max_rows: int = 20_000) -> torch.Tensor:
-        """Importance-sampling estimate of log p(x) per example (Burda et al., 2016; eq. ch7-iw).
+    def importance_estimates(self, x: torch.Tensor, n_samples: int = 5000, max_rows: int = 20_000) -> dict[str, torch.Tensor]:
+        """Importance sampling of log p(x) per example (Burda et al., 2016; eq. ch7-iw), with its diagnostics.
 
-        log p(x) ≈ logsumexp_s w_s − log S with the log-weights of :meth:`log_weights`, S = ``n_samples``.
-        Its expectation is a lower bound that increases with S and equals the ELBO at S = 1. Samples are
+        Returns ``log_px`` = logsumexp_s w_s − log S with the log-weights w_s of :meth:`log_weights`
+        (S = ``n_samples``), and ``ess`` = (Σ e^{w_s})² / Σ e^{2w_s}, the effective sample size of the
+        normalized weights (between 1 and S: how many of the S samples carry the estimate). The expectation
+        of ``log_px`` is a lower bound that increases with S and equals the ELBO at S = 1. Samples are
         processed in chunks of at most ``max_rows`` decoder evaluations, so memory stays bounded.
         """
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         if not getattr(self.prior, "normalized", True):
             raise ValueError("the prior is unnormalized: log p(x) needs an estimate of its log partition function")
-        out = []
+        log_px, ess = [], []
         per_batch = max(1, max_rows // n_samples)
         for xb in x.split(per_batch):
             chunk = max(1, max_rows // xb.shape[0])
-            logw = torch.cat([self.log_weights(xb, s) for s in _chunks(n_samples, chunk)], 0)
-            out.append(torch.logsumexp(logw, 0) - math.log(n_samples))
-        return torch.cat(out)
+            lse = lse2 = torch.full((xb.shape[0],), -math.inf, device=xb.device)
+            for s in _chunks(n_samples, chunk):  # running logsumexp of w and of 2w over the chunks
+                logw = self.log_weights(xb, s)
+                lse = torch.logaddexp(lse, torch.logsumexp(logw, 0))
+                lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * logw, 0))
+            log_px.append(lse - math.log(n_samples))
+            ess.append(torch.exp(2 * lse - lse2))
+        return {"log_px": torch.cat(log_px), "ess": torch.cat(ess)}
+
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor, n_samples: int = 5000, max_rows: int = 20_000) -> torch.Tensor:
+        """The importance-sampling estimate of log p(x) per example (:meth:`importance_estimates`)."""
+        return self.importance_estimates(x, n_samples, max_rows)["log_px"]
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
@@ -235,6 +247,124 @@ def _train_batches(train: ImageData | torch.Tensor, batch_size: int, device: tor
     return (train[idx].to(device) for idx in order.split(batch_size))
 
 
+HISTORY_KEYS = ("epoch", "beta", "train_objective", "train_reconstruction", "train_kl", "valid_elbo",
+                "valid_reconstruction", "valid_kl", "seconds")
+
+
+class VAETrainer:
+    """The training loop of :func:`train_vae`, one epoch at a time, with its whole state saveable.
+
+    :meth:`state_dict` holds everything the next epoch depends on — weights, Adam's moments, the update
+    counter (hence β), the random-number states (the global torch RNG, which draws the posterior samples,
+    and ``generator``, which orders and binarizes the data), the early-stopping state with the best
+    weights so far, the history and the elapsed time — so that a run saved after epoch k and continued
+    with :meth:`load_state_dict` gives the same weights as an uninterrupted run (on the same device and
+    PyTorch build). ``python -m mvl.train`` checkpoints it between epochs.
+    """
+
+    def __init__(self, model: VAE, train: ImageData | torch.Tensor, valid: torch.Tensor | None = None,
+                 epochs: int = 100, batch_size: int = 100, lr: float = 5e-4, warmup: float = 100,
+                 patience: int = 50, device: torch.device | str | None = None,
+                 generator: torch.Generator | None = None):
+        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        if not (isinstance(warmup, (int, float)) and math.isfinite(warmup) and warmup >= 0):
+            raise ValueError(f"warmup must be a number of epochs >= 0, got {warmup!r}")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device)
+        self.train, self.valid = train, (valid.to(self.device) if valid is not None else None)
+        self.epochs, self.batch_size, self.patience, self.generator = epochs, batch_size, patience, generator
+        self.steps_per_epoch = math.ceil(len(train) / batch_size)
+        self.warmup_steps = round(warmup * self.steps_per_epoch)
+        self.opt = torch.optim.Adam(model.parameters(), lr=lr)
+        self.hist: dict[str, Any] = {k: [] for k in HISTORY_KEYS}
+        self.step, self.epoch, self.elapsed = 0, 0, 0.0
+        self.best, self.best_state, self.best_epoch, self.bad_epochs, self.stopped = -math.inf, None, None, 0, False
+
+    @property
+    def done(self) -> bool:
+        """The epoch budget is spent or early stopping has fired."""
+        return self.stopped or self.epoch >= self.epochs
+
+    def run_epoch(self, bar=None) -> dict[str, float]:
+        """One pass over the training data, then the validation ELBO and the early-stopping bookkeeping."""
+        if self.done:
+            raise RuntimeError("training is finished; nothing left to run")
+        start = time.perf_counter()
+        n, model = len(self.train), self.model
+        model.train()
+        sums = torch.zeros(3, dtype=torch.float64)
+        beta = kl_weight(self.step, self.warmup_steps)
+        for xb in _train_batches(self.train, self.batch_size, self.device, self.generator):
+            self.step += 1
+            beta = kl_weight(self.step, self.warmup_steps)
+            terms = model.elbo(xb, beta)
+            loss = -terms.objective.mean()
+            check_finite(loss, "the negative ELBO", self.step)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            sums += torch.stack([terms.objective.sum(), terms.reconstruction.sum(), terms.kl.sum()]).detach().double().cpu()
+            if bar is not None:
+                bar.update(1)
+        self.epoch += 1
+        model.eval()
+        nan = {"elbo": math.nan, "reconstruction": math.nan, "kl": math.nan}
+        val = evaluate_elbo(model, self.valid) if self.valid is not None else nan
+        self.elapsed += time.perf_counter() - start
+        for k, v in zip(HISTORY_KEYS, (self.epoch, beta, *(sums / n).tolist(), val["elbo"], val["reconstruction"],
+                                       val["kl"], self.elapsed)):
+            self.hist[k].append(v)
+        if self.valid is not None and beta >= 1.0:
+            if val["elbo"] > self.best:
+                self.best, self.best_epoch, self.bad_epochs = val["elbo"], self.epoch, 0
+                self.best_state = copy.deepcopy(model.state_dict())
+            else:
+                self.bad_epochs += 1
+                self.stopped = self.bad_epochs >= self.patience
+        return val
+
+    def finish(self) -> dict[str, Any]:
+        """Restore the best weights (if early stopping tracked any) and return the history."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        hist = dict(self.hist)
+        hist.update(best_epoch=self.best_epoch if self.best_epoch is not None else (hist["epoch"] or [0])[-1],
+                    stopped_early=self.stopped, train_seconds=self.elapsed, loaded=False)
+        return hist
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run bit for bit (see the class docstring)."""
+        return {
+            "model": copy.deepcopy(self.model.state_dict()), "optimizer": copy.deepcopy(self.opt.state_dict()),
+            "step": self.step, "epoch": self.epoch, "elapsed": self.elapsed, "hist": copy.deepcopy(self.hist),
+            "best": self.best, "best_state": copy.deepcopy(self.best_state), "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs, "stopped": self.stopped,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "generator": self.generator.get_state() if self.generator is not None else None,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (the trainer must be built with the same settings)."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.elapsed = state["step"], state["epoch"], state["elapsed"]
+        self.hist = copy.deepcopy(state["hist"])
+        self.best, self.best_state, self.best_epoch = state["best"], copy.deepcopy(state["best_state"]), state["best_epoch"]
+        self.bad_epochs, self.stopped = state["bad_epochs"], state["stopped"]
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if state.get("generator") is not None:
+            if self.generator is None:
+                raise ValueError("the saved run used a data generator; build the trainer with one")
+            self.generator.set_state(state["generator"])
+
+
 def train_vae(
     model: VAE,
     train: ImageData | torch.Tensor,
@@ -252,12 +382,13 @@ def train_vae(
 ) -> dict[str, Any]:
     """Fit a VAE with Adam on the β-weighted ELBO, KL warm-up and early stopping (chapter 7).
 
-    ``train`` is an :class:`~mvl.data.ImageData` (dynamically binarized batches, fresh every epoch) or a
-    tensor ``[n, D]``; ``valid`` a fixed tensor (e.g. the statically binarized validation set). β rises
+    ``train`` is an :class:`~mvl.ae.mnist.ImageData` (dynamically binarized batches, fresh every epoch) or
+    a tensor ``[n, D]``; ``valid`` a fixed tensor (e.g. the statically binarized validation set). β rises
     linearly over the first ``warmup`` epochs (:func:`kl_weight`, per update); once β = 1, the validation
     ELBO is checked after every epoch, the best weights are kept, and training stops after ``patience``
     epochs without improvement; the best weights are restored at the end (the recipe of Tomczak &
-    Welling, 2018: warm-up 100 epochs, lr 5·10⁻⁴, batch 100, patience 50).
+    Welling, 2018: warm-up 100 epochs, lr 5·10⁻⁴, batch 100, patience 50). The loop is
+    :class:`VAETrainer`; ``python -m mvl.train`` runs the same loop resumably.
 
     If ``checkpoint`` names an existing file, the weights and history stored there are loaded instead of
     training (``history["loaded"]`` is then True; a file that does not fit the model is ignored with a
@@ -267,13 +398,7 @@ def train_vae(
     ``train_kl``, ``valid_elbo``, ``valid_reconstruction``, ``valid_kl``, ``seconds`` (cumulative), and
     ``best_epoch``, ``stopped_early``, ``train_seconds``, ``loaded``.
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if not (isinstance(warmup, (int, float)) and math.isfinite(warmup) and warmup >= 0):
-        raise ValueError(f"warmup must be a number of epochs >= 0, got {warmup!r}")
+    trainer = VAETrainer(model, train, valid, epochs, batch_size, lr, warmup, patience, device, generator)
     if checkpoint is not None and Path(checkpoint).exists():
         try:
             history = load_checkpoint(checkpoint, model)
@@ -283,69 +408,37 @@ def train_vae(
         else:
             history["loaded"] = True
             return history
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device)
-    if valid is not None:
-        valid = valid.to(device)
-    n = len(train)
-    steps_per_epoch = math.ceil(n / batch_size)
-    warmup_steps = round(warmup * steps_per_epoch)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    keys = ("epoch", "beta", "train_objective", "train_reconstruction", "train_kl", "valid_elbo",
-            "valid_reconstruction", "valid_kl", "seconds")
-    hist: dict[str, Any] = {k: [] for k in keys}
-    best, best_state, best_epoch, bad_epochs, stopped = -math.inf, None, None, 0, False
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs * steps_per_epoch, desc=desc or "VAE", leave=False)
-    start, step = time.perf_counter(), 0
-    for epoch in range(1, epochs + 1):
-        model.train()
-        sums = torch.zeros(3, dtype=torch.float64)
-        for xb in _train_batches(train, batch_size, device, generator):
-            step += 1
-            beta = kl_weight(step, warmup_steps)
-            terms = model.elbo(xb, beta)
-            loss = -terms.objective.mean()
-            check_finite(loss, "the negative ELBO", step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.stack([terms.objective.sum(), terms.reconstruction.sum(), terms.kl.sum()]).detach().double().cpu()
-            if bar is not None:
-                bar.update(1)
-        model.eval()
-        val = evaluate_elbo(model, valid) if valid is not None else {"elbo": math.nan, "reconstruction": math.nan, "kl": math.nan}
-        for k, v in zip(keys, (epoch, beta, *(sums / n).tolist(), val["elbo"], val["reconstruction"], val["kl"],
-                               time.perf_counter() - start)):
-            hist[k].append(v)
+        bar = tqdm(total=epochs * trainer.steps_per_epoch, desc=desc or "VAE", leave=False)
+    while not trainer.done:
+        val = trainer.run_epoch(bar)
         if bar is not None:
-            bar.set_postfix(epoch=epoch, beta=f"{beta:.2f}", valid_elbo=f"{val['elbo']:.2f}")
-        if valid is not None and beta >= 1.0:
-            if val["elbo"] > best:
-                best, best_epoch, bad_epochs = val["elbo"], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad_epochs += 1
-                if bad_epochs >= patience:
-                    stopped = True
-                    break
+            bar.set_postfix(epoch=trainer.epoch, beta=f"{trainer.hist['beta'][-1]:.2f}", valid_elbo=f"{val['elbo']:.2f}")
     if bar is not None:
         bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    hist.update(best_epoch=best_epoch if best_epoch is not None else hist["epoch"][-1], stopped_early=stopped,
-                train_seconds=time.perf_counter() - start, loaded=False)
+    hist = trainer.finish()
     if checkpoint is not None:
         save_checkpoint(checkpoint, model, hist)
     return hist
 
 
+CHECKPOINT_FORMAT = 2
+"""Bumped whenever what a checkpoint of :func:`train_vae` means changes; part of every cache key."""
+
+
 def checkpoint_path(name: str, config: Mapping[str, Any], root: str | Path | None = None) -> Path:
-    """``<cache>/checkpoints/<name>-<hash of config>.pt``: one file per distinct training configuration."""
-    text = json.dumps({k: config[k] for k in sorted(config)}, sort_keys=True, default=str)
+    """``<cache>/checkpoints/<name>-<hash>.pt``: one file per distinct training configuration.
+
+    The hash covers every entry of ``config`` (pass all the knobs that affect the result), the library
+    version and :data:`CHECKPOINT_FORMAT`, so a changed knob or a new library never reloads stale weights.
+    """
+    from .. import __version__
+
+    keyed = {k: config[k] for k in sorted(config)} | {"_mvl_version": __version__, "_format": CHECKPOINT_FORMAT}
+    text = json.dumps(keyed, sort_keys=True, default=str)
     digest = hashlib.sha1(text.encode()).hexdigest()[:12]
     base = Path(root) if root is not None else data_dir()
     return base / "checkpoints" / f"{name}-{digest}.pt"
@@ -375,7 +468,7 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
 
 
 __all__ = [
-    "ELBO", "VAE", "BernoulliDecoder", "GatedDense", "GaussianEncoder", "active_units", "build_vae",
+    "ELBO", "VAE", "VAETrainer", "BernoulliDecoder", "GatedDense", "GaussianEncoder", "active_units", "build_vae",
     "checkpoint_path", "evaluate_elbo", "gated_mlp", "kl_weight", "load_checkpoint", "save_checkpoint",
     "train_vae",
 ]

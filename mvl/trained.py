@@ -1,0 +1,166 @@
+"""Committed trained models: publishing them with provenance, and loading them checksum-verified.
+
+The repository's ``trained/`` folder holds, for each recipe that has been trained (:mod:`mvl.ae.recipes`),
+its final weights (a float32 ``state_dict``, nothing else) and its run record, and
+``trained/MANIFEST.json`` lists them::
+
+    {"ch7-standard": {"file": "ch7-standard.pt", "sha256": ..., "bytes": ..., "recipe": "ch7-standard",
+                      "recipe_version": 1, "epochs": ..., "wall_s": ..., "device": ..., "commit": ...,
+                      "metrics": {...}, "record": "ch7-standard.json"}, ...}
+
+:func:`load_state_dict` verifies the recipe version and the SHA-256 of the file before loading; a
+mismatch raises an error naming the file and the command that rebuilds it. Where the repository is not
+there (on Colab only the notebook and the pip-installed ``mvl`` are), the manifest and the weights are
+downloaded from the repository's raw files (:func:`raw_base_url`, derived from the one repository
+setting, ``mvl.REPOSITORY_URL``) into the cache, and verified the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAINED_DIR = ROOT / "trained"
+MANIFEST_NAME = "MANIFEST.json"
+URL_ENV = "MVL_TRAINED_URL"
+"""If set, the base URL that trained models are downloaded from (e.g. ``file:///path/to/trained/``)."""
+MAX_TOTAL_BYTES = 60 * 1024 * 1024
+"""The committed folder stays below 60 MB in total."""
+
+
+def rebuild_command(name: str) -> str:
+    return f"python -m mvl.train {name} --resume"
+
+
+def raw_base_url() -> str:
+    """Where the committed ``trained/`` folder is served: ``$MVL_TRAINED_URL``, else the raw files of the
+    repository's main branch."""
+    if os.environ.get(URL_ENV):
+        return os.environ[URL_ENV].rstrip("/") + "/"
+    from . import REPOSITORY_URL
+
+    owner_repo = REPOSITORY_URL.rstrip("/").removeprefix("https://github.com/")
+    return f"https://raw.githubusercontent.com/{owner_repo}/main/trained/"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(folder: Path | None = None) -> dict[str, Any]:
+    folder = TRAINED_DIR if folder is None else Path(folder)
+    path = folder / MANIFEST_NAME
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def publish(name: str, state_dict: dict[str, torch.Tensor], record: dict[str, Any], folder: Path | None = None) -> dict:
+    """Write ``NAME.pt`` (float32 weights only), ``NAME.json`` (the run record) and the manifest entry."""
+    folder = TRAINED_DIR if folder is None else Path(folder)
+    weights = {k: (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()) for k, v in state_dict.items()}
+    pt, js = folder / f"{name}.pt", folder / f"{name}.json"
+    _write_atomic(pt, lambda p: torch.save(weights, p))
+    _write_atomic(js, lambda p: p.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n"))
+    manifest = read_manifest(folder)
+    manifest[name] = {
+        "file": pt.name, "sha256": sha256(pt), "bytes": pt.stat().st_size, "record": js.name,
+        "recipe": record["recipe"], "recipe_version": record["recipe_version"], "epochs": record["epochs"],
+        "finished": record["finished"], "wall_s": record["wall_s"], "device": record["device"],
+        "commit": record["commit"], "metrics": record["metrics"],
+    }
+    total = sum(e["bytes"] for e in manifest.values())
+    if total > MAX_TOTAL_BYTES:
+        raise ValueError(f"trained/ would hold {total / 2**20:.1f} MB, over the {MAX_TOTAL_BYTES / 2**20:.0f} MB limit")
+    _write_atomic(folder / MANIFEST_NAME, lambda p: p.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n"))
+    return manifest[name]
+
+
+def _download(url: str, path: Path, timeout: float = 60.0) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            data = r.read()
+    except (urllib.error.URLError, OSError) as err:
+        raise FileNotFoundError(f"could not download {url} ({err}); without network access, clone the repository "
+                                f"(its trained/ folder) or train the model yourself") from err
+    _write_atomic(path, lambda p: p.write_bytes(data))
+
+
+def _locate(folder: Path | None, cache: Path | None) -> tuple[Path, dict[str, Any]]:
+    """The folder holding the manifest: ``folder``, else the repository's ``trained/``, else a download."""
+    for candidate in ([Path(folder)] if folder is not None else [TRAINED_DIR]):
+        if (candidate / MANIFEST_NAME).exists():
+            return candidate, read_manifest(candidate)
+    if folder is not None:
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {folder}")
+    from .ae.mnist import data_dir
+
+    cache = Path(cache) if cache is not None else data_dir() / "trained"
+    _download(raw_base_url() + MANIFEST_NAME, cache / MANIFEST_NAME)
+    return cache, read_manifest(cache)
+
+
+def load_state_dict(name: str, recipe_version: int, folder: Path | None = None, cache: Path | None = None,
+                    map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The committed weights of recipe ``name`` and their manifest entry, after checking both.
+
+    Raises ``KeyError`` if the recipe was never published, ``ValueError`` if the committed model was made
+    by another recipe version or its file does not match the manifest's SHA-256 (a corrupted or stale
+    file); each message names the file and the command that rebuilds it.
+    """
+    where, manifest = _locate(folder, cache)
+    if name not in manifest:
+        raise KeyError(f"no committed model for recipe {name!r} (committed: {sorted(manifest) or 'none'}); "
+                       f"train it with: {rebuild_command(name)}")
+    entry = manifest[name]
+    path = where / entry["file"]
+    if entry["recipe_version"] != recipe_version:
+        raise ValueError(f"{path} was trained by version {entry['recipe_version']} of recipe {name!r}, the library "
+                         f"has version {recipe_version}: the weights are stale; rebuild them with {rebuild_command(name)}")
+    if not path.exists():
+        _download(raw_base_url() + entry["file"], path)
+    digest = sha256(path)
+    if digest != entry["sha256"]:
+        raise ValueError(f"{path} does not match its checksum in {MANIFEST_NAME} (sha256 {digest[:12]}… instead of "
+                         f"{entry['sha256'][:12]}…): the file is corrupted or was replaced; fetch it again or rebuild "
+                         f"it with {rebuild_command(name)}")
+    return torch.load(path, map_location=map_location, weights_only=True), entry
+
+
+def load(name: str, recipe_version: int, folder: Path | None = None, cache: Path | None = None,
+         map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """:func:`load_state_dict` plus the model's run record (``NAME.json``, downloaded beside it if needed)."""
+    state, entry = load_state_dict(name, recipe_version, folder, cache, map_location)
+    where, _ = _locate(folder, cache)
+    path = where / entry["record"]
+    if not path.exists():
+        _download(raw_base_url() + entry["record"], path)
+    return state, entry, json.loads(path.read_text())
+
+
+__all__ = ["MANIFEST_NAME", "load", "TRAINED_DIR", "URL_ENV", "load_state_dict", "publish", "raw_base_url", "read_manifest",
+           "rebuild_command", "sha256"]
