@@ -9,7 +9,8 @@ the parameterizations the chapters use (:class:`MLPEnergy`, :class:`ScoreNetEner
 from here, and not from each other's internals.
 
 Score matching differentiates the energy twice in x, so the activations must be smooth: with ReLU the
-Laplacian ΔE vanishes almost everywhere and the Hyvärinen objective degenerates (chapter 1).
+gradient ∇E jumps across the network's linear regions, the ΔE that autograd computes misses its singular
+part, and Hyvärinen's integration by parts no longer holds (chapter 1, exercise ``ex-ch1-relu``).
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ def make_activation(name: str) -> nn.Module:
     key = name.lower()
     if key in _NOT_SMOOTH:
         raise ValueError(
-            f"activation {name!r} is piecewise linear: its second derivative is zero almost everywhere, so "
-            f"the Laplacian in the score-matching objective vanishes. Use one of {sorted(ACTIVATIONS)}."
+            f"activation {name!r} is piecewise linear: the energy's gradient jumps across linear regions, so "
+            f"the Laplacian that autograd computes misses its singular part and score matching's objective is "
+            f"no longer the Fisher divergence up to a constant. Use one of {sorted(ACTIVATIONS)}."
         )
     if key not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
