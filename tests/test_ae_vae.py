@@ -243,3 +243,59 @@ def test_effective_sample_size_of_the_importance_weights():
     logw = torch.tensor([0.0, math.log(3.0)]).repeat(8)[:, None]
     lse, lse2 = torch.logsumexp(logw, 0), torch.logsumexp(2 * logw, 0)
     assert torch.allclose(torch.exp(2 * lse - lse2), torch.tensor([8 * 16 / 10.0]))
+
+
+def test_elbo_surgery_splits_the_kl_term():
+    torch.manual_seed(0)
+    model = V.build_vae("standard", latent_dim=3, hidden=8, input_dim=6)
+    x = torch.bernoulli(torch.full((300, 6), 0.5))
+    out = V.elbo_surgery(model, x, batch_size=64)
+    assert out["kl"] == pytest.approx(out["mutual_information"] + out["marginal_kl"])
+    assert -1e-6 <= out["mutual_information"] <= out["log_n"] + 1e-6
+    # its KL is an estimate of the average KL term, known in closed form for the standard prior
+    exact = torch.cat([model.encoder(xb).kl_standard_normal() for xb in x.split(64)]).mean().item()
+    torch.manual_seed(1)
+    reps = torch.tensor([V.elbo_surgery(model, x)["kl"] for _ in range(20)])
+    assert abs(reps.mean().item() - exact) < 4 * reps.std().item() / math.sqrt(20) + 1e-3
+
+
+def test_elbo_surgery_information_is_large_for_distinct_sharp_posteriors():
+    """Posteriors that separate the examples carry about log N nats of information; identical ones none."""
+    class Enc(torch.nn.Module):
+        def __init__(self, spread):
+            super().__init__()
+            self.spread = spread
+
+        def forward(self, x):
+            from mvl.ae.priors import DiagonalGaussian
+            idx = x[:, :1]
+            return DiagonalGaussian(self.spread * idx.repeat(1, 2), torch.full((len(x), 2), -8.0))
+
+    x = torch.arange(50.0)[:, None].repeat(1, 4)
+    for spread, lo, hi in ((10.0, math.log(50) - 0.01, math.log(50) + 1e-6), (0.0, -1e-6, 1e-6)):
+        model = V.VAE(Enc(spread), None, V.StandardNormal(2))
+        info = V.elbo_surgery(model, x)["mutual_information"]
+        assert lo <= info <= hi, (spread, info)
+
+
+def test_variance_explained_is_scale_free():
+    """Scaling a unit's codes (means and standard deviations) leaves its share unchanged, unlike the
+    absolute activity; a collapsed unit has share 0."""
+    from mvl.ae.priors import DiagonalGaussian
+
+    class Enc(torch.nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x):
+            m = torch.stack([x[:, 0], torch.zeros(len(x))], 1) * self.scale
+            return DiagonalGaussian(m, torch.full_like(m, 2 * math.log(0.1 * self.scale)))
+
+    x = torch.randn(400, 3)
+    shares = [V.variance_explained(V.VAE(Enc(s), None, V.StandardNormal(2)), x) for s in (0.1, 1.0, 5.0)]
+    for sh in shares[1:]:
+        assert torch.allclose(sh, shares[0], atol=1e-5)
+    assert shares[0][0] > 0.95 and shares[0][1] == 0
+    acts = [V.active_units(V.VAE(Enc(s), None, V.StandardNormal(2)), x)[0] for s in (0.05, 5.0)]
+    assert acts == [0, 1]  # the absolute threshold calls the same unit inactive at a small scale

@@ -28,6 +28,22 @@ def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor)
     return -0.5 * (LOG_2PI + logvar + (z - mean) ** 2 * torch.exp(-logvar)).sum(-1)
 
 
+def mixture_log_prob(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log (1/K) Σ_k N(z | m_k, diag σ²_k) for ``z`` ``[..., d]`` and components ``mean``, ``logvar`` ``[K, d]``.
+
+    The quadratic forms Σᵢ (zᵢ − m_kᵢ)²/σ²_kᵢ are expanded into matrix products, which is several times
+    faster than broadcasting ``[..., K, d]``. The expansion z²/σ² − 2zm/σ² + m²/σ² subtracts terms of size
+    ‖m/σ‖² (thousands for trained, narrow posteriors) to get an O(d) result, which float32 cannot do
+    accurately (errors of 0.1 nats at d = 40), so the products are formed in float64 and only the result
+    is returned in ``z``'s dtype. Used by the VampPrior and by the aggregated posterior (ELBO surgery).
+    """
+    mean, logvar, zz = mean.double(), logvar.double(), z.double()
+    precision = torch.exp(-logvar)  # [K, d]
+    const = -0.5 * (LOG_2PI * mean.shape[-1] + logvar.sum(-1) + (mean**2 * precision).sum(-1))
+    quad = -0.5 * (zz**2) @ precision.T + zz @ (mean * precision).T  # [..., K]
+    return (torch.logsumexp(quad + const, dim=-1) - math.log(mean.shape[0])).to(z.dtype)
+
+
 class DiagonalGaussian:
     """A batch of diagonal Gaussians N(mean, diag(exp(logvar))), the variational posterior q(z|x) of a VAE.
 
@@ -140,20 +156,10 @@ class VampPrior(Prior):
         return self.encoder(self.pseudo_inputs())
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(z) = logsumexp_k log q(z | u_k) − log K, for ``z`` of shape ``[..., d]``.
-
-        The quadratic forms Σᵢ (zᵢ − m_kᵢ)²/σ²_kᵢ are expanded into matrix products, which is several times
-        faster than broadcasting ``[..., K, d]``. The expansion z²/σ² − 2zm/σ² + m²/σ² subtracts terms of
-        size ‖m/σ‖² (thousands for trained, narrow posteriors) to get an O(d) result, which float32 cannot
-        do accurately (errors of 0.1 nats at d = 40), so the products are formed in float64 and only the
-        result is returned in ``z``'s dtype.
-        """
+        """log p(z) = logsumexp_k log q(z | u_k) − log K, for ``z`` of shape ``[..., d]``
+        (:func:`mixture_log_prob` of the components)."""
         comp = self.components()
-        mean, logvar, zz = comp.mean.double(), comp.logvar.double(), z.double()
-        precision = torch.exp(-logvar)  # [K, d]
-        const = -0.5 * (LOG_2PI * mean.shape[-1] + logvar.sum(-1) + (mean**2 * precision).sum(-1))
-        quad = -0.5 * (zz**2) @ precision.T + zz @ (mean * precision).T  # [..., K]
-        return (torch.logsumexp(quad + const, dim=-1) - math.log(self.n_components)).to(z.dtype)
+        return mixture_log_prob(z, comp.mean, comp.logvar)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
@@ -163,4 +169,4 @@ class VampPrior(Prior):
         return DiagonalGaussian(comp.mean[k], comp.logvar[k]).rsample()
 
 
-__all__ = ["DiagonalGaussian", "Prior", "StandardNormal", "VampPrior", "gaussian_log_prob"]
+__all__ = ["DiagonalGaussian", "Prior", "StandardNormal", "VampPrior", "gaussian_log_prob", "mixture_log_prob"]

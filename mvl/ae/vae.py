@@ -35,7 +35,7 @@ from torch import nn
 
 from ..fitting import check_finite
 from .mnist import ImageData, data_dir
-from .priors import DiagonalGaussian, Prior, StandardNormal, VampPrior
+from .priors import DiagonalGaussian, Prior, StandardNormal, VampPrior, mixture_log_prob
 
 
 class GatedDense(nn.Module):
@@ -232,6 +232,47 @@ def active_units(model: VAE, x: torch.Tensor, threshold: float = 0.01, batch_siz
     means = torch.cat([model.encoder(xb).mean for xb in x.split(batch_size)])
     var = means.var(0)
     return int((var > threshold).sum()), var
+
+
+@torch.no_grad()
+def elbo_surgery(model: VAE, x: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
+    """Split the average KL term into information and prior mismatch (Hoffman & Johnson, 2016; chapter 7):
+
+        E_x KL(q(z|x) ‖ p(z)) = I_q + KL(q(z) ‖ p(z)),   q(z) = (1/N) Σ_n q(z | x_n),
+
+    with I_q = E_x KL(q(z|x) ‖ q(z)) the mutual information between x and z under q (at most log N) and
+    q(z) the aggregated posterior of the N examples in ``x``. One z_n ~ q(z|x_n) per example; log q(z_n)
+    is the exact mixture over all N posteriors (:func:`mvl.ae.priors.mixture_log_prob`). The three numbers
+    are computed on the same draws, so ``kl = mutual_information + marginal_kl`` holds exactly.
+    """
+    posts = [model.encoder(xb) for xb in x.split(batch_size)]
+    mean, logvar = torch.cat([q.mean for q in posts]), torch.cat([q.logvar for q in posts])
+    q_all = DiagonalGaussian(mean, logvar)
+    z = q_all.rsample()
+    log_q_cond = q_all.log_prob(z)
+    log_q_marg = torch.cat([mixture_log_prob(zb, mean, logvar) for zb in z.split(batch_size)])
+    log_p = model.prior.log_prob(z)
+    info, marg = (log_q_cond - log_q_marg).mean().item(), (log_q_marg - log_p).mean().item()
+    return {"kl": info + marg, "mutual_information": info, "marginal_kl": marg,
+            "log_n": math.log(x.shape[0])}
+
+
+@torch.no_grad()
+def variance_explained(model: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Per latent unit u, the share of the aggregated posterior's variance that the input explains:
+
+        Var_x(E[z_u | x]) / (Var_x(E[z_u | x]) + E_x Var(z_u | x))   (law of total variance; chapter 7).
+
+    0 for a collapsed unit (its posterior is the same for every x), near 1 for a unit whose posterior
+    pins z_u down per input. Unlike Burda et al.'s activity Var_x(E[z_u | x]) with an absolute threshold
+    (:func:`active_units`), it does not depend on the scale of the codes, which a learned prior does not
+    fix to 1. Returns ``[d]``.
+    """
+    posts = [model.encoder(xb) for xb in x.split(batch_size)]
+    mean = torch.cat([q.mean for q in posts])
+    within = torch.cat([q.logvar.exp() for q in posts]).mean(0)
+    between = mean.var(0)
+    return between / (between + within)
 
 
 def kl_weight(step: int, warmup_steps: int) -> float:
@@ -469,6 +510,6 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
 
 __all__ = [
     "ELBO", "VAE", "VAETrainer", "BernoulliDecoder", "GatedDense", "GaussianEncoder", "active_units", "build_vae",
-    "checkpoint_path", "evaluate_elbo", "gated_mlp", "kl_weight", "load_checkpoint", "save_checkpoint",
+    "checkpoint_path", "elbo_surgery", "evaluate_elbo", "variance_explained", "gated_mlp", "kl_weight", "load_checkpoint", "save_checkpoint",
     "train_vae",
 ]
