@@ -143,3 +143,19 @@ def test_load_trained_rebuilds_the_model_with_its_record(tmp_path):
     torch.manual_seed(0)
     nll = -model.log_likelihood(tiny_data()[2], 4).mean().item()
     assert nll == pytest.approx(record["metrics"]["test_nll"], rel=1e-6)  # same weights, same seed, same number
+
+
+def test_the_committed_models_match_their_manifest():
+    """Every model under trained/ has the checksum, size and recipe version its manifest entry says."""
+    manifest = trained.read_manifest()
+    total = 0
+    for name, entry in manifest.items():
+        path = trained.TRAINED_DIR / entry["file"]
+        assert path.exists(), f"{path} is listed in the manifest but missing"
+        assert trained.sha256(path) == entry["sha256"] and path.stat().st_size == entry["bytes"], path
+        assert entry["recipe_version"] == get_recipe(name).version, f"{name}: stale committed model"
+        record = json.loads((trained.TRAINED_DIR / entry["record"]).read_text())
+        assert record["recipe"] == name and record["epochs"] == entry["epochs"]
+        assert record["metrics"]["test_nll"] == entry["metrics"]["test_nll"]
+        total += entry["bytes"]
+    assert total <= trained.MAX_TOTAL_BYTES
