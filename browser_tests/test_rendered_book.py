@@ -245,3 +245,68 @@ def test_prose_page_renders(driver, name):
     if re.search(r"\$[^$\n]*\\[a-zA-Z]", source) and _n_math(driver) == 0:
         problems.append("the page has math but MathJax rendered none")
     assert not problems, f"{name}:\n  " + "\n  ".join(problems)
+
+
+WIDGET_CHAPTERS = sorted(p for p in NOTEBOOKS
+                         if re.search(r"Dropdown|IntSlider|FloatSlider|interact", p.read_text()))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server (quick profile) over a copy of the notebooks, so that autosave cannot touch them."""
+    root = tmp_path_factory.mktemp("lab")
+    for p in WIDGET_CHAPTERS:
+        shutil.copy(p, root / p.name)
+    port = _free_port()
+    env = dict(__import__("os").environ, MVL_PROFILE="quick")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
+         "--IdentityProvider.token=", "--ServerApp.password=", f"--ServerApp.root_dir={root}",
+         "--LabApp.expose_app_in_browser=True", "--ServerApp.disable_check_xsrf=True"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{base}/api", timeout=3)
+            break
+        except OSError:
+            time.sleep(1)
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _shutdown_kernels(base: str) -> None:
+    with urllib.request.urlopen(f"{base}/api/kernels", timeout=10) as r:
+        kernels = json.loads(r.read().decode())
+    for k in kernels:
+        urllib.request.urlopen(urllib.request.Request(f"{base}/api/kernels/{k['id']}", method="DELETE"), timeout=10)
+
+
+@pytest.mark.parametrize("notebook", WIDGET_CHAPTERS, ids=[p.stem for p in WIDGET_CHAPTERS])
+def test_widgets_render_in_jupyterlab(driver, lab, notebook):
+    """Run the chapter in JupyterLab (quick profile): its interactive explorer renders as live widgets."""
+    driver.get(f"{lab}/lab/tree/{notebook.name}")
+    deadline = time.time() + 60
+    while time.time() < deadline and not driver.execute_script(
+            "return !!(window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell'))"):
+        time.sleep(1)
+    time.sleep(3)  # let the kernel start
+    driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    found, deadline = 0, time.time() + 300
+    while time.time() < deadline:
+        found = driver.execute_script(
+            "return document.querySelectorAll('.jp-OutputArea .widget-slider, .jp-OutputArea .widget-dropdown, "
+            ".jp-OutputArea .widget-image, .jp-OutputArea .widget-toggle-buttons').length")
+        if found:
+            break
+        time.sleep(2)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SHOTS / f"jupyterlab_{notebook.stem}.png"))
+    _shutdown_kernels(lab)
+    assert found, f"{notebook.name}: no interactive widget rendered in JupyterLab within 300 s"
