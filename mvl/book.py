@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {rec['wall_seconds']:.0f} s on {rec['device']}", flush=True)
             if args.no_stats:
                 continue
+            stats = load_stats()  # re-read: another runner may have recorded a notebook meanwhile
             stats[f"{rec['notebook']}|{rec['profile']}"] = rec
             STATS_JSON.write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
             write_stats_page(stats)
