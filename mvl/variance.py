@@ -161,3 +161,105 @@ def two_sample_z_test(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     se = math.sqrt(ma.var().item() / len(ma) + mb.var().item() / len(mb))
     z = (ma.mean().item() - mb.mean().item()) / se
     return z, math.erfc(abs(z) / math.sqrt(2))
+
+
+def minimum_detectable_effect(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference a two-sided z-test at level ``alpha`` detects with probability ``power``.
+
+    For a test statistic (estimate)/se this is (z_{1−α/2} + z_{power})·se, about 2.8·se at the usual 5 % and
+    80 %. Printed beside every test in the book (chapters 3, 4): a test that finds "no difference" says
+    nothing about differences smaller than this.
+    """
+    if not se >= 0 or math.isinf(se):
+        raise ValueError(f"the standard error must be a finite number >= 0, got {se!r}")
+    if not 0 < power < 1:
+        raise ValueError(f"power must be in (0, 1), got {power!r}")
+    return (_z_quantile(1 - alpha) + NormalDist().inv_cdf(power)) * se
+
+
+# --------------------------------------------------------------------------------------------------------
+# The noise in the θ-gradient (chapter 4): what training sees, as opposed to the noise in the value.
+# --------------------------------------------------------------------------------------------------------
+
+
+def gradient_draws(
+    loss: Callable[[], torch.Tensor], parameters, n_draws: int, seed: int = 0
+) -> torch.Tensor:
+    """Draw the θ-gradient of a stochastic scalar ``loss()`` ``n_draws`` times: a tensor ``[n_draws, P]``.
+
+    ``loss`` is called once per draw, with the random number generators reset to ``seed + j`` for draw j
+    (the global state is restored afterwards), so two losses that draw their noise the same way, or one
+    loss at several step sizes, see common random numbers. ``P`` is the total number of entries of
+    ``parameters``; a parameter the loss does not use contributes zeros. Chapter 4 feeds it the minibatch
+    mean of ``sm_mvl``, ``sm_denoising`` or ``cd1_surrogate`` on a fixed batch, which isolates the noise
+    of the estimator (over z) from the noise of minibatching.
+    """
+    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 2:
+        raise ValueError(f"n_draws must be an integer >= 2, got {n_draws!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    params = [p for p in parameters]
+    if not params or not all(p.requires_grad for p in params):
+        raise ValueError("parameters must be a non-empty sequence of tensors with requires_grad=True")
+    devices = [params[0].device] if params[0].device.type == "cuda" else []
+    rows = []
+    for j in range(n_draws):
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed + j)
+            value = loss()
+        if value.dim() != 0:
+            raise ValueError(f"loss() must return a scalar (e.g. the minibatch mean), got shape {tuple(value.shape)}")
+        if not torch.isfinite(value):
+            raise FloatingPointError(f"loss() returned {value.item()} at draw {j}; lower the step size or check the model")
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)]))
+    return torch.stack(rows).detach()
+
+
+def _check_gradient_draws(draws: torch.Tensor) -> torch.Tensor:
+    if draws.dim() != 2 or draws.shape[0] < 2:
+        raise ValueError(f"expected gradient draws arranged as [n_draws, P] with n_draws >= 2, got {tuple(draws.shape)}")
+    return draws.detach().double().cpu()
+
+
+def gradient_variance(
+    draws: torch.Tensor, batch_size: int = 1, level: float = 0.95, n_boot: int = 400, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean per-parameter variance of the gradient draws ``[n_draws, P]``, scaled to one sample.
+
+    Returns ``(estimate, low, high)``: (1/P) tr Cov(g), multiplied by ``batch_size`` when the draws are
+    gradients of a mean over that many samples with independent noise (the variance of a mean is the
+    per-sample variance over B), and a percentile interval from resampling the draws. This is the quantity
+    that grows like 1/ε for MVL, CD-1 and denoising score matching without their control variates (chapter 4).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    d = _check_gradient_draws(draws)
+    n, p = d.shape
+    gram = d @ d.T
+    sq = gram.diagonal()
+
+    def resampled(idx: torch.Tensor) -> torch.Tensor:
+        counts = torch.zeros(idx.shape[0], n, dtype=d.dtype).scatter_add_(1, idx, torch.ones(idx.shape, dtype=d.dtype))
+        total_sq = counts @ sq
+        norm_sum = ((counts @ gram) * counts).sum(1)
+        return (total_sq - norm_sum / n) / (n - 1) / p * batch_size
+
+    low, high = _bootstrap_interval(resampled, n, level, n_boot, seed)
+    return (d.var(0).mean() * batch_size).item(), low, high
+
+
+def gradient_snr(draws: torch.Tensor) -> float:
+    """Signal-to-noise ratio of one gradient draw: ‖E g‖ / √(tr Cov g), from draws ``[n_draws, P]``.
+
+    ‖ḡ‖² overestimates ‖E g‖² by tr Cov(g)/n; that part is subtracted (and the result clipped at zero), so a
+    pure-noise gradient has an SNR near 0 rather than near 1/√n. Below about 1, an optimizer's steps are
+    mostly noise (chapter 4, Figure 3).
+    """
+    d = _check_gradient_draws(draws)
+    n = d.shape[0]
+    trace = d.var(0).sum().item()
+    if trace == 0:
+        raise ValueError("the gradient draws do not vary: the SNR is undefined (is the loss stochastic?)")
+    signal = max((d.mean(0) ** 2).sum().item() - trace / n, 0.0)
+    return math.sqrt(signal / trace)

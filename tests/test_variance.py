@@ -12,6 +12,10 @@ from mvl.variance import (
     bound_floor,
     common_random_numbers,
     draws_per_point,
+    gradient_draws,
+    gradient_snr,
+    gradient_variance,
+    minimum_detectable_effect,
     paired_z_test,
     squared_bias_bound,
     two_sample_z_test,
@@ -110,3 +114,77 @@ def test_bad_shapes_raise():
         common_random_numbers({"a": lambda v: v}, points(3), 0)
     with pytest.raises(ValueError, match="level"):
         squared_bias_bound(torch.zeros(3, 3), level=1.5)
+
+
+class ScaledQuadratic(torch.nn.Module):
+    """E(x) = ½ a ‖x‖² with one trainable parameter a."""
+
+    def __init__(self, a=1.5):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a, dtype=torch.float64))
+
+    def forward(self, x):
+        return 0.5 * self.a * (x**2).sum(-1)
+
+
+def test_gradient_variance_of_mvl_follows_two_norm_x_squared_over_eps():
+    # d/da of the uncorrected one-step estimate is −√(2/ε) xᵀz + O(1): per-sample variance 2‖x‖²/ε (chapter 4)
+    energy, x = ScaledQuadratic(), points(50, seed=3)
+    eps = 1e-4
+    loss = lambda cv: (lambda: sm_mvl(energy, x, eps, control_variate=cv).mean())  # noqa: E731
+    no_cv = gradient_draws(loss(False), [energy.a], n_draws=2000, seed=1)
+    est, low, high = gradient_variance(no_cv, batch_size=len(x))
+    predicted = 2 * (x**2).sum(-1).mean().item() / eps
+    assert low < est < high
+    assert abs(est / predicted - 1) < 0.1, (est, predicted)  # relative s.e. of a variance from 2000 draws: 3 %
+    assert low < predicted < high
+    with_cv = gradient_variance(gradient_draws(loss(True), [energy.a], n_draws=500, seed=1), batch_size=len(x))[0]
+    assert with_cv < 1e-3 * est  # the control variate removes the Θ(1/ε) term (what is left is O(1))
+    # the same seed gives the same draws (common random numbers across calls)
+    assert torch.equal(gradient_draws(loss(False), [energy.a], n_draws=3, seed=1), no_cv[:3])
+
+
+def test_gradient_variance_of_denoising_grows_like_one_over_eps_not_its_square():
+    energy, x = ScaledQuadratic(), points(50, seed=4)
+    var = {}
+    for eps in (1e-3, 1e-5):
+        draws = gradient_draws(lambda: sm_denoising(energy, x, eps, control_variate=False).mean(), [energy.a], 400)
+        var[eps] = gradient_variance(draws, batch_size=len(x))[0]
+    slope = math.log(var[1e-5] / var[1e-3]) / math.log(1e-5 / 1e-3)
+    assert abs(slope + 1) < 0.1, slope  # the value's variance grows like 1/ε², the gradient's like 1/ε
+
+
+def test_gradient_variance_bootstrap_matches_the_plain_variance():
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.randn(300, 5, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])
+    est, low, high = gradient_variance(draws, batch_size=4)
+    truth = 4 * (1 + 4 + 0.25 + 1 + 9) / 5
+    assert low < truth < high and abs(est - 4 * draws.var(0).mean().item()) < 1e-12
+    assert high - low < 0.5 * truth
+
+
+def test_gradient_snr():
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.tensor([3.0, 4.0], dtype=torch.float64)  # ‖mean‖ = 5, tr Cov = 2: SNR = 5/√2
+    draws = mean + torch.randn(4000, 2, generator=gen, dtype=torch.float64)
+    assert abs(gradient_snr(draws) - 5 / math.sqrt(2)) < 0.1
+    pure_noise = torch.randn(4000, 2, generator=gen, dtype=torch.float64)
+    assert gradient_snr(pure_noise) < 0.05
+    with pytest.raises(ValueError, match="do not vary"):
+        gradient_snr(torch.ones(10, 3))
+
+
+def test_minimum_detectable_effect_and_bad_gradient_inputs():
+    assert abs(minimum_detectable_effect(1.0) - 2.8016) < 1e-3
+    assert abs(minimum_detectable_effect(2.0, power=0.5) - 2 * 1.95996) < 1e-3
+    with pytest.raises(ValueError, match="standard error"):
+        minimum_detectable_effect(float("nan"))
+    energy, x = ScaledQuadratic(), points(5)
+    with pytest.raises(ValueError, match="scalar"):
+        gradient_draws(lambda: sm_mvl(energy, x, 1e-2), [energy.a], 3)
+    with pytest.raises(ValueError, match="n_draws"):
+        gradient_draws(lambda: sm_mvl(energy, x, 1e-2).mean(), [energy.a], 1)
+    with pytest.raises(FloatingPointError, match="draw 0"):
+        gradient_draws(lambda: energy.a * float("nan"), [energy.a], 3)
+    with pytest.raises(ValueError, match="batch_size"):
+        gradient_variance(torch.randn(5, 2), batch_size=0)
