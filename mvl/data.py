@@ -59,6 +59,26 @@ def cosine_log_density(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x1.abs() < 4.0, logp, torch.full_like(logp, -math.inf))
 
 
+def cosine_boundary(n: int = 401, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quadrature of the edges x₁ = ±4 of the cosine's support, for :func:`mvl.objectives.boundary_flux`.
+
+    Returns ``(x, normal, weight)``: n nodes on each edge (x₂ on a grid of ±8 around the edge's mean
+    3 cos 8, trapezoidal rule), the outward normals (±1, 0), and the weights p(±4, x₂) dx₂ with p the
+    density's limit from inside, (1/8) N(x₂; 3 cos 8, 1). The weights sum to 1/4 (chapter 1).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 3:
+        raise ValueError(f"the number of nodes per edge must be an integer >= 3, got {n!r}")
+    mean = 3.0 * math.cos(8.0)  # cos(2x₁) at x₁ = ±4
+    x2 = torch.linspace(mean - 8.0, mean + 8.0, n, dtype=dtype)
+    dx = 16.0 / (n - 1)
+    w = torch.full((n,), dx, dtype=dtype)
+    w[0] = w[-1] = dx / 2
+    w = w * torch.exp(-0.5 * (x2 - mean) ** 2) / math.sqrt(2 * math.pi) / 8.0
+    x = torch.cat([torch.stack([torch.full_like(x2, s), x2], 1) for s in (4.0, -4.0)])
+    normal = torch.cat([torch.tensor([[s, 0.0]], dtype=dtype).expand(n, 2) for s in (1.0, -1.0)])
+    return x, normal, torch.cat([w, w])
+
+
 def eight_gaussians(
     n: int, seed: int | None = None, dtype: torch.dtype = torch.float32, radius: float = 2.0, std: float = 0.2
 ) -> torch.Tensor:

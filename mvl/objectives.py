@@ -43,6 +43,26 @@ def fisher_divergence(log_density: Energy, energy: Energy, x: torch.Tensor) -> t
     return 0.5 * ((g_energy - g_neg_log_p) ** 2).sum(-1)
 
 
+def boundary_flux(energy: Energy, x: torch.Tensor, normal: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The boundary flux Φ = ∮_∂Ω p ∇E·n dS of a density p truncated to a domain Ω (chapter 1).
+
+    On a truncated support Hyvärinen's integration by parts leaves this term: D_F(p‖q) = J(E) + C_p + Φ,
+    with n the outward normal and p its limit from inside Ω. An energy that rises outward at the edge has
+    Φ > 0, so minimizing J rewards such walls. ``x`` (``[m, d]``) are quadrature nodes on ∂Ω, ``normal``
+    (``[m, d]``) the outward unit normals there and ``weight`` (``[m]``) the quadrature weights times p,
+    e.g. from :func:`mvl.data.cosine_boundary`. Returns the scalar Φ (differentiable in the energy).
+    """
+    x = as_input(x)
+    normal = torch.as_tensor(normal, dtype=x.dtype, device=x.device)
+    weight = torch.as_tensor(weight, dtype=x.dtype, device=x.device)
+    if normal.shape != x.shape:
+        raise ValueError(f"normal must have the shape of x, {tuple(x.shape)}; got {tuple(normal.shape)}")
+    if weight.shape != x.shape[:1]:
+        raise ValueError(f"weight must have shape [{x.shape[0]}] (one per node); got {tuple(weight.shape)}")
+    _, g = energy_and_grad(energy, x)
+    return (weight * (g * normal).sum(-1)).sum()
+
+
 def sm_sliced(
     energy: Energy, x: torch.Tensor, n_slices: int = 1, variance_reduction: bool = True
 ) -> torch.Tensor:
@@ -309,9 +329,39 @@ def sm_riemannian_exact(energy: Energy, y: torch.Tensor, sphere) -> torch.Tensor
     return 0.5 * sphere.squared_gradient_norm(x, g) - sphere.laplace_beltrami_from_chart(x, g, lap)
 
 
+def sm_riemannian_sliced(energy: Energy, y: torch.Tensor, sphere, n_slices: int = 1) -> torch.Tensor:
+    """Sliced (Hutchinson) Riemannian score matching on a sphere (chapter 6): an unbiased estimate of J_M.
+
+    In each point's chart, tr(G⁻¹∇ₓ²E) = λ⁻²ΔₓE is replaced by vᵀ∇ₓ²E v with v ~ N(0, G(x)⁻¹), one
+    Hessian-vector product (one extra backward pass) per slice, whatever the dimension n:
+
+        Ĵ(y) = ½‖grad E‖² − λ⁻² [λ² vᵀ∇ₓ²E v − 2(n − 2) xᵀ∂ₓE / (1 + ‖x‖²)],
+
+    the Riemannian version of :func:`sm_sliced` (with its variance reduction: the gradient term is exact).
+    Its mean over v is :func:`sm_riemannian_exact` for any number of slices.
+    """
+    if isinstance(n_slices, bool) or not isinstance(n_slices, int) or n_slices < 1:
+        raise ValueError(f"n_slices must be a positive integer, got {n_slices!r}")
+    x, _, _, g = sphere.chart_energy(energy, y, create_graph=True)
+    lam2 = sphere.conformal_factor(x).detach()
+    total = torch.zeros_like(g[:, 0])
+    for _ in range(n_slices):
+        v = torch.randn_like(x) / lam2.sqrt()[:, None]  # v ~ N(0, G⁻¹) = N(0, λ⁻² I)
+        (hv,) = torch.autograd.grad((g * v).sum(), x, create_graph=True)
+        lap_x_estimate = lam2 * (hv * v).sum(-1)  # E_v[λ² vᵀHv] = Δₓ E
+        total = total + sphere.laplace_beltrami_from_chart(x, g, lap_x_estimate)
+    return 0.5 * sphere.squared_gradient_norm(x, g) - total / n_slices
+
+
 @same_weights
 def sm_riemannian_mvl(
-    energy: Energy, y: torch.Tensor, sphere, eps: float, control_variate: bool = True, log_det_sign: int = 1
+    energy: Energy,
+    y: torch.Tensor,
+    sphere,
+    eps: float,
+    control_variate: bool = True,
+    log_det_sign: int = 1,
+    rescale: bool = False,
 ) -> torch.Tensor:
     """The one-step Riemannian minimum-velocity estimator of J_M (paper eqs. 17–18, appendix C; chapter 6).
 
@@ -326,15 +376,28 @@ def sm_riemannian_mvl(
     energy gradient is needed, whatever the dimension. Use float64 for ε below about 1e-4.
     ``log_det_sign=-1`` uses the sign of log|G| printed in the paper's eq. (18) instead; it exists only for
     chapter 6's demonstration that this leaves a bias as ε → 0.
+
+    ``rescale=True`` follows the authors' released code (``riem_ld(..., rescale=True)`` in
+    ``src/score_est.py`` of ``thu-ml/wmvl``): each sample takes the step εᵢ = ε / max(1, ‖V_{1/2}(xᵢ)‖²)
+    (chart drift, no gradient through εᵢ) and its estimate is divided by εᵢ instead of ε. Each term still
+    has mean J_M(yᵢ) + O(εᵢ).
     """
     eps = check_step_size(eps)
     if log_det_sign not in (1, -1):
         raise ValueError(f"log_det_sign must be +1 or -1, got {log_det_sign!r}")
     x, s, e, g = sphere.chart_energy(energy, y, create_graph=True)
     z = sphere.chart_noise(x)
-    x_minus = x + eps * sphere.langevin_drift(x, g, beta=0.5, log_det_sign=log_det_sign) + math.sqrt(2 * eps) * z
+    drift = sphere.langevin_drift(x, g, beta=0.5, log_det_sign=log_det_sign)
+    if rescale:  # per-sample step sizes [batch, 1]
+        step = (eps / (drift.detach() ** 2).sum(-1, keepdim=True).clamp(min=1.0))
+        x_minus = x + step * drift + torch.sqrt(2 * step) * z
+        step = step[:, 0]
+    else:
+        step = eps
+        x_minus = x + eps * drift + math.sqrt(2 * eps) * z
     e_minus = evaluate_energy(energy, sphere.from_chart(x_minus, s))
-    out = (e - e_minus) / eps
+    out = (e - e_minus) / step
     if control_variate:
-        out = out + math.sqrt(2 / eps) * (g * z).sum(-1)
+        noise_term = (g * z).sum(-1)
+        out = out + (torch.sqrt(2 / step) if rescale else math.sqrt(2 / eps)) * noise_term
     return out

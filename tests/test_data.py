@@ -53,3 +53,17 @@ def test_bad_inputs():
         banana(5, seed=-3)
     with pytest.raises(ValueError, match="not finite anywhere"):
         density_grid(lambda x: torch.full((x.shape[0],), -math.inf))
+
+
+def test_cosine_boundary_quadrature():
+    from mvl.data import cosine_boundary
+
+    x, normal, weight = cosine_boundary(201)
+    assert x.shape == normal.shape == (402, 2) and weight.shape == (402,)
+    assert weight.sum().item() == pytest.approx(0.25, abs=1e-9)  # the density (1/8 per unit x₁) on two edges
+    assert torch.equal(x[:, 0].abs(), torch.full((402,), 4.0, dtype=torch.float64))
+    assert torch.equal(normal[:, 0], torch.sign(x[:, 0])) and (normal[:, 1] == 0).all()
+    # the edge mean of x₂ is 3 cos 8
+    assert (weight * x[:, 1]).sum().item() / 0.25 == pytest.approx(3 * math.cos(8.0), abs=1e-9)
+    with pytest.raises(ValueError, match="nodes"):
+        cosine_boundary(2)
