@@ -91,15 +91,24 @@ class Sphere:
         return math.log(2.0) + 0.5 * m * math.log(math.pi) - math.lgamma(0.5 * m)
 
     # ----------------------------------------------------------------------------------------- charts
-    def to_chart(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_chart(self, y: torch.Tensor, s: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Stereographic coordinates of embedded points: ``(x, s)``, x = y_{1:n}/(1 + s·y_{n+1}), ‖x‖ ≤ 1.
 
         ``s = +1`` for the upper hemisphere (projection from the south pole), ``−1`` for the lower one.
+        Passing ``s`` (a tensor of ±1, one per point) uses that chart instead of the point's own, e.g. to
+        write a point in the chart of another point (the Metropolis–Hastings ratio of chapter 6); then ‖x‖
+        may exceed 1, and the chart's excluded pole (y_{n+1} = −s) raises ``ValueError``.
         """
         self.check_points(y)
         last = y[:, -1]
-        s = torch.where(last >= 0, torch.ones_like(last), -torch.ones_like(last))
-        x = y[:, :-1] / (1 + s * last)[:, None]
+        if s is None:
+            s = torch.where(last >= 0, torch.ones_like(last), -torch.ones_like(last))
+        elif s.shape != last.shape or not bool(((s == 1) | (s == -1)).all()):
+            raise ValueError(f"chart signs s must be a tensor of +1/-1 of shape {tuple(last.shape)}, got {s}")
+        denom = 1 + s * last
+        if bool((denom <= 0).any()):
+            raise ValueError("a point lies at the pole its chart projects from; use its own chart (s=None)")
+        x = y[:, :-1] / denom[:, None]
         return x, s
 
     def from_chart(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

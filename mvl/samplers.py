@@ -182,6 +182,17 @@ def riemannian_langevin_step(
     return sphere.from_chart(x + eps * drift + math.sqrt(2 * eps) * z, s), z
 
 
+def _chain_steps(n_steps: int, progress: bool, desc: str):
+    """``range(n_steps)`` (a tqdm bar when ``progress``), after checking n_steps; the loop of the chains."""
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
+        raise ValueError(f"n_steps must be a non-negative integer, got {n_steps!r}")
+    if not progress:
+        return range(n_steps)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n_steps), desc=desc)
+
+
 def riemannian_langevin_chain(
     energy: Energy,
     y0: torch.Tensor,
@@ -193,18 +204,72 @@ def riemannian_langevin_chain(
     progress: bool = False,
 ) -> torch.Tensor:
     """Run ``n_steps`` of :func:`riemannian_langevin_step` from ``y0`` and return the final points (chapter 6)."""
-    if not isinstance(n_steps, int) or n_steps < 0:
-        raise ValueError(f"n_steps must be a non-negative integer, got {n_steps!r}")
     y = y0.detach()
-    steps = range(n_steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="Riemannian Langevin")
-    for t in steps:
+    for t in _chain_steps(n_steps, progress, "Riemannian Langevin"):
         y, _ = riemannian_langevin_step(energy, y, sphere, eps, beta, log_det_sign=log_det_sign)
         if not torch.isfinite(y).all():
             raise FloatingPointError(
                 f"Riemannian Langevin chain diverged at step {t + 1}; lower the step size eps={eps}"
             )
     return y
+
+
+def _log_proposal_density(sphere, x_from: torch.Tensor, g_from: torch.Tensor, x_to: torch.Tensor, eps: float, beta: float) -> torch.Tensor:
+    """log of the Euler–Maruyama proposal density of :func:`riemannian_langevin_step` w.r.t. the volume
+    measure: the chart Gaussian N(x_to; x + εV(x), 2ε G(x)⁻¹) divided by the volume element √|G(x_to)|."""
+    mean = x_from + eps * sphere.langevin_drift(x_from, g_from, beta)
+    var = 2 * eps / sphere.conformal_factor(x_from)  # 2ε λ⁻², the same in every coordinate
+    n = x_from.shape[1]
+    log_gauss = -0.5 * n * torch.log(2 * math.pi * var) - ((x_to - mean) ** 2).sum(-1) / (2 * var)
+    return log_gauss - 0.5 * sphere.log_det_metric(x_to)
+
+
+def riemannian_mala_step(
+    energy: Energy, y: torch.Tensor, sphere, eps: float, beta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the Riemannian Metropolis-adjusted Langevin algorithm (MALA) on a sphere (chapter 6).
+
+    The proposal is :func:`riemannian_langevin_step` in the chart of the current point y (chart s); it is
+    accepted with probability min(1, r),
+
+        r = q^β(y′) Q(y′ → y) / (q^β(y) Q(y → y′)),   q^β ∝ exp(−βE) w.r.t. volume,
+
+    where Q(y → y′) is the proposal density w.r.t. the volume measure (the chart Gaussian divided by
+    √|G|), and the reverse move Q(y′ → y) is evaluated in the chart of y′, the chart the chain would use
+    from there. This makes the chain reversible with respect to q^β on the sphere, so it samples q^β
+    exactly for every step size (the Euler–Maruyama chain has an O(ε) bias). The authors' ``riem_ld``
+    (``src/score_est.py`` of ``thu-ml/wmvl``) offers the same correction, with both directions evaluated in
+    the chart of y. Returns ``(y_next, accepted)`` with ``accepted`` a boolean tensor ``[batch]``.
+    """
+    eps = check_step_size(eps)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+    with torch.enable_grad():
+        x, s, e, g = sphere.chart_energy(energy, y, create_graph=False)
+        x, e, g = x.detach(), e.detach(), g.detach()
+        z = sphere.chart_noise(x)
+        x_prop = x + eps * sphere.langevin_drift(x, g, beta) + math.sqrt(2 * eps) * z
+        y_prop = sphere.project(sphere.from_chart(x_prop, s))
+        x_back, s_back, e_prop, g_prop = sphere.chart_energy(energy, y_prop, create_graph=False)
+    x_back, e_prop, g_prop = x_back.detach(), e_prop.detach(), g_prop.detach()
+    x_old_in_back, _ = sphere.to_chart(y, s_back)
+    log_r = (
+        -beta * (e_prop - e)
+        + _log_proposal_density(sphere, x_back, g_prop, x_old_in_back, eps, beta)
+        - _log_proposal_density(sphere, x, g, x_prop, eps, beta)
+    )
+    accepted = torch.log(torch.rand_like(log_r)) < log_r
+    return torch.where(accepted[:, None], y_prop, y.detach()), accepted
+
+
+def riemannian_mala_chain(
+    energy: Energy, y0: torch.Tensor, sphere, eps: float, n_steps: int, beta: float = 1.0, progress: bool = False
+) -> tuple[torch.Tensor, float]:
+    """Run ``n_steps`` of :func:`riemannian_mala_step` from ``y0``; returns the final points and the mean
+    acceptance rate over all steps and chains (chapter 6; chapter 9 uses it for AIS on the sphere)."""
+    y = y0.detach()
+    accepted = 0.0
+    for _ in _chain_steps(n_steps, progress, "Riemannian MALA"):
+        y, acc = riemannian_mala_step(energy, y, sphere, eps, beta)
+        accepted += acc.double().mean().item()
+    return y, accepted / max(n_steps, 1)
