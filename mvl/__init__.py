@@ -8,6 +8,7 @@ Learning unnormalized models (chapters 1–6; the later chapters reuse it):
 * :mod:`mvl.energies`: the energy type, ∇E and ΔE, and the energy parameterizations (chapter 1);
 * :mod:`mvl.objectives`: score matching and its estimators (chapters 1, 3–6);
 * :mod:`mvl.samplers`: Langevin dynamics, SVGD and SPOS, Riemannian Langevin (chapters 2–6);
+* :mod:`mvl.stein`: the kernelized Stein discrepancy as a goodness-of-fit test (wild bootstrap; chapter 5);
 * :mod:`mvl.variance`: bias and variance of stochastic estimators (chapter 4);
 * :mod:`mvl.divergences`: KL divergences of particle samples (chapter 2);
 * :mod:`mvl.manifolds`: the sphere, its charts and von Mises–Fisher densities (chapter 6);
@@ -30,11 +31,11 @@ Course tooling:
   of the estimators").
 
 Imports go one way: :mod:`mvl.energies` imports nothing from the package; :mod:`mvl.samplers` imports
-:mod:`mvl.energies`; :mod:`mvl.objectives` imports both; :mod:`mvl.ae` imports the top level, never the
-reverse.
+:mod:`mvl.energies`; :mod:`mvl.objectives` and :mod:`mvl.stein` import both; :mod:`mvl.ae` imports the top
+level, never the reverse.
 """
 
-from . import ae, data, divergences, energies, fitting, manifolds, objectives, plotting, profiles, samplers, variance
+from . import ae, data, divergences, energies, fitting, manifolds, objectives, plotting, profiles, samplers, stein, variance
 from .profiles import setup
 
 __version__ = "0.1.0"
@@ -43,5 +44,5 @@ REPOSITORY_URL = "https://github.com/mvl-book/mvl-book"
 
 __all__ = [
     "ae", "data", "divergences", "energies", "fitting", "manifolds", "objectives", "plotting", "profiles",
-    "samplers", "variance", "setup", "REPOSITORY_URL",
+    "samplers", "stein", "variance", "setup", "REPOSITORY_URL",
 ]

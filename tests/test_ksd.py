@@ -9,7 +9,7 @@ import torch
 from mvl.data import banana
 from mvl.energies import QuadraticEnergy, ScoreNetEnergy
 from mvl.objectives import ksd, ksd_mvl, sm_exact, spos_mvl
-from mvl.samplers import rbf_kernel, spos_step, svgd_step
+from mvl.samplers import imq_kernel, rbf_kernel, spos_step, svgd_step
 
 H = 1.5
 KERNEL = partial(rbf_kernel, bandwidth=H)
@@ -47,6 +47,26 @@ def test_ksd_vanishes_for_the_right_model_only():
     # the U-statistic is unbiased for KSD(p, q) = 0 when q = p; rows are dependent, so use a loose bound
     assert abs(right.mean().item()) < 4 * right.std().item() / math.sqrt(len(right)) * 2
     assert wrong.mean().item() > 20 * abs(right.mean().item())
+
+
+def test_ksd_with_the_imq_kernel_is_zero_for_the_model_and_positive_for_a_shift():
+    # samples of N(0, I) in d = 3; the model N(0, I) itself and the model shifted by 0.5 in one coordinate
+    x = torch.randn(200, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    right = QuadraticEnergy(torch.eye(3, dtype=torch.float64))
+    shifted = QuadraticEnergy(torch.eye(3, dtype=torch.float64), torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64))
+    values = {}
+    for name, energy in (("right", right), ("shifted", shifted)):
+        values[name] = [ksd(energy, torch.randn(200, 3, generator=torch.Generator().manual_seed(s),
+                                                dtype=torch.float64), imq_kernel).mean().item() for s in range(8)]
+    right_mean = sum(values["right"]) / 8
+    right_se = (sum((v - right_mean) ** 2 for v in values["right"]) / 7 / 8) ** 0.5
+    # unbiased for KSD(p, p) = 0: within 3 s.e. over 8 independent batches
+    assert abs(right_mean) < 3 * right_se, (right_mean, right_se)
+    # the shift is seen on every batch, far above the spread of the null values
+    assert min(values["shifted"]) > right_mean + 10 * right_se, (values["shifted"], right_se)
+    # the same per-sample interface as with the RBF kernel, so ksd_mvl accepts the IMQ kernel too
+    half = 0.5 * (ksd(right, x, imq_kernel).mean() - ksd(zero_energy, x, imq_kernel).mean())
+    assert abs(ksd_mvl(right, x, 1e-5, imq_kernel).mean().item() - half.item()) < 1e-4
 
 
 def flat_grad(energy, loss):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mvl.energies import QuadraticEnergy
-from mvl.samplers import langevin_chain, langevin_step, median_bandwidth, rbf_kernel, svgd_step
+from mvl.samplers import imq_kernel, langevin_chain, langevin_step, median_bandwidth, rbf_kernel, svgd_step
 
 
 def test_langevin_step_returns_state_and_noise():
@@ -48,6 +48,26 @@ def test_rbf_kernel_gradient():
     (auto,) = torch.autograd.grad(k[2].sum(), x)
     assert torch.allclose(dk[2].sum(0), auto[2])
     assert median_bandwidth(torch.randn(50, 2)) > 0
+
+
+def test_imq_kernel_value_and_gradient():
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(5, 3, dtype=torch.float64)
+    k, dk = imq_kernel(x, y)  # Gorham & Mackey: (1 + ‖x − y‖²)^(−1/2)
+    r2 = ((x[1] - y[3]) ** 2).sum()
+    assert torch.allclose(k[1, 3], (1 + r2) ** -0.5, atol=1e-14)
+    k2, _ = imq_kernel(x, y, bandwidth=2.0, beta=-0.3)
+    assert torch.allclose(k2[1, 3], (1 + r2 / 2.0) ** -0.3, atol=1e-14)
+    assert torch.allclose(imq_kernel(x, x)[0].diagonal(), torch.ones(4, dtype=torch.float64))
+    for kw in ({}, {"bandwidth": 0.7, "beta": -0.8}, {"bandwidth": None}):
+        k, dk = imq_kernel(x, y, **kw)
+        (auto,) = torch.autograd.grad(k[2].sum(), x, retain_graph=True)
+        assert torch.allclose(dk[2].sum(0), auto[2], atol=1e-12), kw
+        assert torch.allclose(dk[0, 1], torch.autograd.grad(k[0, 1], x)[0][0], atol=1e-12)
+    with pytest.raises(ValueError, match="beta"):
+        imq_kernel(x, y, beta=0.5)
+    with pytest.raises(ValueError, match="bandwidth"):
+        imq_kernel(x, y, bandwidth=-1.0)
 
 
 def test_svgd_moves_particles_to_gaussian():
