@@ -177,12 +177,13 @@ def blob_score(x: torch.Tensor, bandwidth: float | None = None) -> torch.Tensor:
     ∫ρ log(φ_h ∗ ρ) with φ_h the Gaussian of standard deviation h (``bandwidth``); the Wasserstein gradient of
     that functional at particle xᵢ is (chapter 2, "the probability-flow ODE")
 
-        sᵢ = (1/h²) Σⱼ Kᵢⱼ (1/Sᵢ + 1/Sⱼ)(xᵢ − xⱼ),   Kᵢⱼ = exp(−‖xᵢ − xⱼ‖²/2h²),   Sᵢ = Σₖ Kᵢₖ,
+        sᵢ = (1/h²) Σⱼ Kᵢⱼ (1/Sᵢ + 1/Sⱼ)(xⱼ − xᵢ),   Kᵢⱼ = exp(−‖xᵢ − xⱼ‖²/2h²),   Sᵢ = Σₖ Kᵢₖ,
 
     the score of the kernel density estimate (first term) plus a symmetrizing term that makes Σᵢ sᵢ = 0,
     so the entropy alone never moves the cloud's mean. ``x`` is ``[n, d]``; returns ``[n, d]``. The
-    bias is O(h²) (a Gaussian of variance σ² looks like one of variance about σ² + h²) and the noise
-    grows as h shrinks below the distance between neighbouring particles. ``bandwidth=None`` uses
+    flow it drives under-disperses slightly: by smoothing when h is large, and by the particles' graininess
+    when h is below their spacing (1000 particles flowing to N(0, I) in 2-D settle at a variance 10 %,
+    2 %, 1.3 % and 4.5 % low for h = 0.1, 0.2, 0.3 and 0.5 after t = 6). ``bandwidth=None`` uses
     h = σ̄ n^{−1/(d+4)} with σ̄ the mean coordinate standard deviation, which suits one blob-shaped cloud;
     for a multimodal one pass a bandwidth well below the width of its modes. Cost O(n²).
     """
@@ -196,7 +197,7 @@ def blob_score(x: torch.Tensor, bandwidth: float | None = None) -> torch.Tensor:
     k = torch.exp(-(torch.cdist(x, x) ** 2) / (2.0 * h * h))
     s = k.sum(1)
     w = k * (1.0 / s[:, None] + 1.0 / s[None, :])
-    return (w.sum(1, keepdim=True) * x - w @ x) / h**2
+    return (w @ x - w.sum(1, keepdim=True) * x) / h**2
 
 
 def probability_flow_step(energy: Energy, x: torch.Tensor, eps: float, bandwidth: float | None = None) -> torch.Tensor:

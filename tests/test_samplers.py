@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from mvl.energies import QuadraticEnergy
-from mvl.samplers import imq_kernel, langevin_chain, langevin_step, median_bandwidth, rbf_kernel, svgd_step
+from mvl.samplers import (
+    blob_score, imq_kernel, langevin_chain, langevin_step, median_bandwidth, probability_flow_step, rbf_kernel, svgd_step,
+)
 
 
 def test_langevin_step_returns_state_and_noise():
@@ -79,3 +81,30 @@ def test_svgd_moves_particles_to_gaussian():
     assert torch.allclose(x.mean(0), torch.tensor([2.0, -1.0]), atol=0.05)
     # the spread comes from the repulsive term: without it all particles would collapse onto the mode
     assert (x.std(0) - 0.5).abs().max() < 0.05
+
+
+def test_probability_flow_follows_the_gaussian_ode():
+    # q = N(0, I), particles from N((2, -1), 4 I): the exact flow keeps the cloud Gaussian, with the mean
+    # shrinking by (1 - eps) per Euler step and each variance following v' = v (1 - eps + eps / v)^2
+    torch.manual_seed(0)
+    energy = QuadraticEnergy(torch.eye(2, dtype=torch.float64))
+    x = torch.tensor([2.0, -1.0], dtype=torch.float64) + 2.0 * torch.randn(400, 2, dtype=torch.float64)
+    mean, var, eps = x.mean(0), x.var(0), 0.02
+    y = x.clone()
+    for _ in range(50):  # t = 1
+        y = probability_flow_step(energy, y, eps)
+        mean, var = (1 - eps) * mean, var * (1 - eps + eps / var) ** 2
+    # the blob score sums to zero over the particles, so the mean follows the drift alone, to rounding
+    assert torch.allclose(y.mean(0), mean, atol=1e-12)
+    # measured: 2.2 % below the Gaussian recursion (3 seeds, spread 0.1 %): the blob's smoothing and
+    # finite-n bias. 4 % fails a sign error (collapse, ratio 0.2) or a missing entropy term (ratio ~0.4)
+    assert ((y.var(0) / var) - 1).abs().max() < 0.04
+    exact = 1 + (x.var(0) - 1) * torch.exp(torch.tensor(-2.0, dtype=torch.float64))  # continuous time
+    assert ((y.var(0) / exact) - 1).abs().max() < 0.05
+    assert torch.equal(probability_flow_step(energy, x, eps), probability_flow_step(energy, x, eps))  # no noise
+    with pytest.raises(ValueError, match="bandwidth"):
+        blob_score(x, bandwidth=0.0)
+    with pytest.raises(ValueError, match="shape"):
+        blob_score(x[0])
+    with pytest.raises(ValueError, match="eps"):
+        probability_flow_step(energy, x, -1.0)
