@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -43,6 +45,94 @@ def plot_density(
     if title:
         ax.set_title(title)
     return cs
+
+
+class VelocityField(NamedTuple):
+    """The initial velocity of the Wasserstein gradient flow from p to q on a grid (:func:`velocity_field_grid`)."""
+
+    xs: torch.Tensor  # [n] grid axis x₁
+    ys: torch.Tensor  # [n] grid axis x₂
+    velocity: torch.Tensor  # [n, n, 2], v = ∇log q − ∇log p, indexed [y, x]; NaN where p = 0
+    density: torch.Tensor  # [n, n], p normalized on the grid
+    kinetic: torch.Tensor  # [n, n], p‖v‖², the density of the flow's kinetic energy
+    fisher: float  # ½ Σ p‖v‖² · cell, the grid estimate of the Fisher divergence D_F(p‖q)
+
+
+def velocity_field_grid(
+    log_p: Callable[[torch.Tensor], torch.Tensor],
+    log_q: Callable[[torch.Tensor], torch.Tensor],
+    xlim: tuple[float, float] = (-4.0, 4.0),
+    ylim: tuple[float, float] = (-4.0, 4.0),
+    n: int = 120,
+    dtype: torch.dtype = torch.float64,
+) -> VelocityField:
+    """The velocity v₀ = −∇log(p/q) = ∇log q − ∇log p of the Wasserstein gradient flow of KL(·‖q) started at p
+    (chapter 2, eq. ``eq-ch2-grad-kl``), on an n×n grid, with p‖v₀‖² and its integral.
+
+    ``log_p`` and ``log_q`` may be unnormalized (for an energy E pass ``lambda x: -E(x)``): the scores do
+    not see the constants, and p is normalized on the grid. ∫p‖v₀‖² = 2 D_F(p‖q) is the rate at which
+    KL(p_t‖q) starts to fall; with p the data and q a model it is 2(J + C_p), twice the score-matching
+    objective J plus the model-independent C_p = ½ E_p‖∇log p‖² (chapters 1 and 3). The field returned
+    (``fisher`` = ½ Σ p‖v₀‖² · cell) is the grid estimate of D_F; it needs the grid to cover p's mass.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 8:
+        raise ValueError(f"the grid needs an integer n >= 8 points per axis, got {n!r}")
+    xs, ys, dens = density_grid(log_p, xlim, ylim, n=n, dtype=dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1).requires_grad_(True)
+    scores = []
+    for log_density in (log_q, log_p):
+        (grad,) = torch.autograd.grad(log_density(pts).sum(), pts)
+        scores.append(grad.detach())
+    v = (scores[0] - scores[1]).reshape(n, n, 2)
+    inside = (dens > 0) & torch.isfinite(v).all(-1)
+    v = torch.where(inside[..., None], v, torch.full_like(v, math.nan))
+    kinetic = torch.where(inside, dens * (v**2).sum(-1), torch.zeros_like(dens))
+    cell = (xlim[1] - xlim[0]) / (n - 1) * (ylim[1] - ylim[0]) / (n - 1)
+    return VelocityField(xs, ys, v, dens, kinetic, float(0.5 * kinetic.sum() * cell))
+
+
+def plot_velocity_field(
+    ax,
+    log_p: Callable[[torch.Tensor], torch.Tensor],
+    log_q: Callable[[torch.Tensor], torch.Tensor],
+    xlim: tuple[float, float] = (-4.0, 4.0),
+    ylim: tuple[float, float] = (-4.0, 4.0),
+    n: int = 120,
+    stream_density: float = 1.0,
+    cmap: str = "magma",
+    q_levels: int = 6,
+    title: str | None = None,
+):
+    """Draw the Wasserstein gradient flow's initial velocity from p to q (chapter 2; reused in chapter 3).
+
+    The background is p‖v₀‖² (its integral is 2 D_F(p‖q), see :func:`velocity_field_grid`), the
+    white streamlines follow v₀ = ∇log q − ∇log p wherever p has mass (line width ∝ speed), and thin
+    cyan contours show q. Returns ``(field, mesh)``: the :class:`VelocityField` and the background's
+    colour mesh (for a colour bar).
+    """
+    field = velocity_field_grid(log_p, log_q, xlim, ylim, n=n)
+    xs, ys = field.xs.numpy(), field.ys.numpy()
+    mesh = ax.pcolormesh(xs, ys, field.kinetic.float().numpy(), cmap=cmap, shading="auto")
+    v = field.velocity.numpy()
+    # no streamlines where p is negligible (or the scores are undefined)
+    mass = (field.density.numpy() > 1e-3 * field.density.max().item()) & np.isfinite(v).all(-1)
+    v = np.nan_to_num(v)
+    u1 = np.ma.masked_where(~mass, v[..., 0])
+    u2 = np.ma.masked_where(~mass, v[..., 1])
+    speed = np.sqrt(u1**2 + u2**2)
+    width = 0.4 + 1.6 * speed / max(float(speed.max()), 1e-12)
+    ax.streamplot(xs, ys, u1, u2, density=stream_density, color="white", linewidth=width, arrowsize=0.8)
+    _, _, q = density_grid(log_q, xlim, ylim, n=n, dtype=torch.float64)
+    ax.contour(xs, ys, q.numpy(), levels=q_levels, colors="cyan", linewidths=0.6, alpha=0.8)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return field, mesh
 
 
 def energy_log_density(energy: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -8,7 +8,10 @@ import torch  # noqa: E402
 
 from mvl.data import banana_log_density  # noqa: E402
 from mvl.energies import QuadraticEnergy  # noqa: E402
-from mvl.plotting import energy_log_density, image_grid, plot_curves, plot_density, plot_images, smooth  # noqa: E402
+from mvl.plotting import (  # noqa: E402
+    energy_log_density, image_grid, plot_curves, plot_density, plot_images, plot_velocity_field, smooth,
+    velocity_field_grid,
+)
 
 
 def test_smooth_is_a_moving_average_over_full_windows():
@@ -53,3 +56,23 @@ def test_energy_log_density_follows_the_energy_dtype():
     energy.register_parameter("dummy", torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)))
     out = energy_log_density(energy)(torch.ones(3, 2, dtype=torch.float32))
     assert out.dtype == torch.float32 and torch.allclose(out, torch.full((3,), -1.0))
+
+
+def test_velocity_field_integrates_to_the_fisher_divergence():
+    # p = N(m, s² I), q = N(0, I) in 2-D: v₀ = ∇log q − ∇log p = −x + (x − m)/s² and
+    # D_F(p‖q) = ½ E_p‖v₀‖² = ½(‖m‖² + 2 (s − 1/s)²) (chapter 2, exercise ex-ch2-ou in 2-D)
+    m, s = torch.tensor([1.0, 0.5], dtype=torch.float64), 0.8
+    log_p = lambda x: -0.5 * ((x - m) ** 2).sum(-1) / s**2 + 7.0  # unnormalized on purpose  # noqa: E731
+    log_q = lambda x: -0.5 * (x**2).sum(-1)  # noqa: E731
+    field = velocity_field_grid(log_p, log_q, (-5.0, 5.0), (-5.0, 5.0), n=161)
+    exact = 0.5 * (m.pow(2).sum().item() + 2 * (s - 1 / s) ** 2)
+    assert abs(field.fisher / exact - 1) < 1e-3  # a factor 2 (the rate 2 D_F) or a sign error fails
+    gy, gx = torch.meshgrid(field.ys, field.xs, indexing="ij")
+    grid = torch.stack([gx, gy], -1)
+    assert torch.allclose(field.velocity, -grid + (grid - m) / s**2, atol=1e-10)
+    fig, ax = plt.subplots()
+    field2, mesh = plot_velocity_field(ax, log_p, log_q, n=40, title="v")
+    assert mesh is not None and ax.get_title() == "v" and field2.kinetic.shape == (40, 40)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="n >= 8"):
+        velocity_field_grid(log_p, log_q, n=3)
