@@ -120,7 +120,7 @@ def plot_velocity_field(
     v = np.nan_to_num(v)
     u1 = np.ma.masked_where(~mass, v[..., 0])
     u2 = np.ma.masked_where(~mass, v[..., 1])
-    speed = np.sqrt(u1**2 + u2**2)
+    speed = np.where(mass, np.hypot(v[..., 0], v[..., 1]), 0.0)
     width = 0.4 + 1.6 * speed / max(float(speed.max()), 1e-12)
     ax.streamplot(xs, ys, u1, u2, density=stream_density, color="white", linewidth=width, arrowsize=0.8)
     _, _, q = density_grid(log_q, xlim, ylim, n=n, dtype=torch.float64)
