@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 LOG_2PI = math.log(2 * math.pi)
@@ -169,4 +170,202 @@ class VampPrior(Prior):
         return DiagonalGaussian(comp.mean[k], comp.logvar[k]).rsample()
 
 
-__all__ = ["DiagonalGaussian", "Prior", "StandardNormal", "VampPrior", "gaussian_log_prob", "mixture_log_prob"]
+class GRBM(Prior):
+    """The Gaussian–Bernoulli RBM prior (seed 003 eq. 12; Liao et al., 2022; chapter 8).
+
+    Visible units z ∈ ℝᴰ, hidden units h ∈ {0, 1}ᴴ, joint energy
+    E(z, h) = ½ Σᵢ (zᵢ − μᵢ)²/σᵢ² − (z/σ²)ᵀ W h − bᵀh, so that z | h ~ N(μ + Wh, diag σ²) and
+    p(hⱼ = 1 | z) = sigmoid((Wᵀ(z/σ²))ⱼ + bⱼ). Summing h out gives the free energy of eq. (12),
+
+        F(z) = ½ Σᵢ (zᵢ − μᵢ)²/σᵢ² − Σⱼ softplus((Wᵀ(z/σ²))ⱼ + bⱼ),    p(z) = exp(−F(z)) / Z,
+
+    a mixture of 2ᴴ Gaussians with shared covariance diag σ². Parameters: ``W`` [D, H] (initialised
+    N(0, ``init_scale``²)), ``b`` [H], ``mu`` [D] (zeros) and ``log_var`` = log σ² [D] (zeros).
+
+    The GRBM is an energy in the library's sense: ``grbm(z)`` is F(z) per sample (``[batch, D] → [batch]``),
+    so :func:`mvl.objectives.sm_sliced`, :func:`~mvl.objectives.sm_mvl` and
+    :func:`~mvl.objectives.sm_denoising` train it unchanged. F is per sample, never divided by the batch
+    size (one public implementation does, which silently rescales every step size by the batch size).
+
+    ``log_prob`` is always normalized. With at most ``max_exact_hidden`` (20) hidden units it uses
+    :meth:`log_partition_exact`; beyond, it uses the AIS estimate stored by :meth:`estimate_log_partition`,
+    and raises if there is none or if the parameters changed since (compared exactly with a snapshot).
+    ``normalized`` says whether ``log_prob`` can be evaluated now. ``unnormalized_log_prob`` is −F(z).
+    """
+
+    max_exact_hidden: int = 20
+
+    def __init__(self, n_visible: int, n_hidden: int, init_scale: float = 0.1,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        for name, v in (("n_visible", n_visible), ("n_hidden", n_hidden)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale) and init_scale >= 0):
+            raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
+        self.dim, self.n_visible, self.n_hidden = n_visible, n_visible, n_hidden
+        self.W = nn.Parameter(init_scale * torch.randn(n_visible, n_hidden, generator=generator))
+        self.b = nn.Parameter(torch.zeros(n_hidden))
+        self.mu = nn.Parameter(torch.zeros(n_visible))
+        self.log_var = nn.Parameter(torch.zeros(n_visible))
+        self.log_z_ais: float | None = None
+        self.log_z_ais_se: float | None = None
+        self._ais_snapshot: list[torch.Tensor] | None = None
+
+    def _check_z(self, z: torch.Tensor) -> None:
+        if not torch.is_tensor(z) or z.dim() < 1 or z.shape[-1] != self.n_visible:
+            raise ValueError(f"z must be a tensor [..., {self.n_visible}], got {getattr(z, 'shape', type(z))}")
+
+    def hidden_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The logits (Wᵀ(z/σ²))ⱼ + bⱼ of p(hⱼ = 1 | z), ``[..., H]``."""
+        return (z * torch.exp(-self.log_var)) @ self.W + self.b
+
+    def free_energy(self, z: torch.Tensor) -> torch.Tensor:
+        """F(z) of seed 003 eq. (12) per sample: ``[..., D] → [...]`` (no averaging over the batch)."""
+        self._check_z(z)
+        quad = 0.5 * ((z - self.mu) ** 2 * torch.exp(-self.log_var)).sum(-1)
+        return quad - F.softplus(self.hidden_logits(z)).sum(-1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The energy of the library's objectives: F(z), ``[batch, D] → [batch]``."""
+        return self.free_energy(z)
+
+    def unnormalized_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """−F(z) = log p(z) + log Z (what the partition-free bound of seed 003 §2.3 uses)."""
+        return -self.free_energy(z)
+
+    def log_partition_exact(self, chunk: int = 4096) -> torch.Tensor:
+        """log Z in closed form (chapter 8): integrate z out of exp(−E(z, h)) and sum the 2ᴴ hidden states,
+
+            log Z = (D/2) log 2π + Σᵢ log σᵢ + logsumexp_h [bᵀh + Σᵢ ((μ + Wh)ᵢ² − μᵢ²)/(2σᵢ²)].
+
+        Differentiable in the parameters; the states are enumerated in chunks of ``chunk``. The cost is
+        2ᴴ·D·H, so beyond ``max_exact_hidden`` hidden units it raises a ``ValueError``: estimate log Z by
+        annealed importance sampling instead (:meth:`estimate_log_partition`, :mod:`mvl.ais`).
+        """
+        H = self.n_hidden
+        if H > self.max_exact_hidden:
+            raise ValueError(
+                f"exact log Z enumerates 2^{H} hidden states; it is limited to {self.max_exact_hidden} hidden "
+                f"units. Estimate log Z by annealed importance sampling: grbm.estimate_log_partition(...) "
+                f"(mvl.ais.grbm_log_partition)."
+            )
+        precision = torch.exp(-self.log_var)
+        bits = torch.arange(H, device=self.W.device)
+        terms = []
+        for start in range(0, 2**H, chunk):
+            idx = torch.arange(start, min(start + chunk, 2**H), device=self.W.device)
+            h = ((idx[:, None] >> bits) & 1).to(self.W.dtype)  # [chunk, H]
+            wh = h @ self.W.T  # [chunk, D]
+            terms.append(torch.logsumexp(h @ self.b + 0.5 * ((2 * self.mu + wh) * wh * precision).sum(-1), 0))
+        const = 0.5 * self.n_visible * LOG_2PI + 0.5 * self.log_var.sum()
+        return const + torch.logsumexp(torch.stack(terms), 0)
+
+    def _parameters_now(self) -> list[torch.Tensor]:
+        return [p.detach() for p in (self.W, self.b, self.mu, self.log_var)]
+
+    def ais_is_current(self) -> bool:
+        """Whether a stored AIS estimate exists and the parameters are exactly those it was computed for."""
+        if self._ais_snapshot is None:
+            return False
+        return all(old.shape == new.shape and torch.equal(old.to(new), new)
+                   for old, new in zip(self._ais_snapshot, self._parameters_now()))
+
+    def estimate_log_partition(self, n_temperatures: int = 1000, n_chains: int = 100, kernel: str = "hmc",
+                               **kwargs):
+        """Estimate log Z by AIS (:func:`mvl.ais.grbm_log_partition`, same arguments) and store it in
+        ``log_z_ais`` and its delta-method standard error in ``log_z_ais_se``, with a snapshot of the
+        parameters so that :meth:`log_prob` refuses the value once they change. Returns the
+        :class:`mvl.ais.AISResult`. AIS's log Z is biased low (a stochastic lower bound), so ``log_prob``
+        with it is biased high by about that bias.
+        """
+        from ..ais import grbm_log_partition
+
+        result = grbm_log_partition(self, n_temperatures, n_chains, kernel, **kwargs)
+        self.log_z_ais, self.log_z_ais_se = float(result.log_z), float(result.log_z_se)
+        self._ais_snapshot = [p.clone() for p in self._parameters_now()]
+        return result
+
+    @property
+    def normalized(self) -> bool:  # type: ignore[override]
+        """True when :meth:`log_prob` can be evaluated: exact log Z, or a current AIS estimate."""
+        return self.n_hidden <= self.max_exact_hidden or self.ais_is_current()
+
+    def log_partition(self) -> torch.Tensor | float:
+        """The log Z that :meth:`log_prob` uses: exact if possible, else the current AIS estimate."""
+        if self.n_hidden <= self.max_exact_hidden:
+            return self.log_partition_exact()
+        if self._ais_snapshot is None:
+            raise RuntimeError(
+                f"this GRBM has {self.n_hidden} hidden units, too many for the exact log Z, and no AIS "
+                f"estimate: call grbm.estimate_log_partition(...) first (log_prob is never unnormalized)."
+            )
+        if not self.ais_is_current():
+            raise RuntimeError(
+                "the stored AIS estimate of log Z is stale: the GRBM's parameters changed since "
+                "estimate_log_partition was called. Call it again before log_prob."
+            )
+        return self.log_z_ais
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) = −F(z) − log Z, normalized (:meth:`log_partition`); ``[..., D] → [...]``. With the
+        exact log Z it is differentiable in all parameters; an AIS log Z enters as a constant."""
+        return -self.free_energy(z) - self.log_partition()
+
+    def _langevin_given_h(self, z: torch.Tensor, mean: torch.Tensor, step: float, mh: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One (optionally MH-corrected) Langevin step on z | h ~ N(mean, σ²), preconditioned by σ²."""
+        var = torch.exp(self.log_var)
+        z_new = z - step * (z - mean) + math.sqrt(2 * step) * var.sqrt() * torch.randn_like(z)
+        if not mh:
+            return z_new, torch.ones(z.shape[0], dtype=z.dtype, device=z.device)
+
+        def log_q(to, frm):  # log density (up to a constant) of proposing `to` from `frm`
+            return -((to - frm + step * (frm - mean)) ** 2 / var).sum(-1) / (4 * step)
+
+        def log_pi(v):
+            return -0.5 * ((v - mean) ** 2 / var).sum(-1)
+
+        log_alpha = log_pi(z_new) - log_pi(z) + log_q(z, z_new) - log_q(z_new, z)
+        accept = torch.log(torch.rand_like(log_alpha)) < log_alpha
+        return torch.where(accept[:, None], z_new, z), torch.exp(torch.clamp(log_alpha, max=0.0))
+
+    @torch.no_grad()
+    def sample(self, n: int, n_steps: int = 100, step_size: float = 0.1, mh: bool = False, n_langevin: int = 1,
+               init: torch.Tensor | None = None) -> torch.Tensor:
+        """Gibbs–Langevin sampling (Liao et al., 2022; seed 003 §2.4; chapter 8), ``[n, D]``.
+
+        Each of ``n_steps`` sweeps draws h ~ p(h | z) exactly, then takes ``n_langevin`` Langevin steps on
+        z | h ~ N(μ + Wh, σ²), preconditioned by σ²: z ← z − s (z − μ − Wh) + √(2s) σ ⊙ ξ with s =
+        ``step_size`` (dimensionless, so the sampler does not depend on the scale of z). With ``mh=True``
+        each step is Metropolis–Hastings corrected (MALA on z | h), so the chain leaves p(z) exactly
+        invariant; without, the unadjusted step inflates the conditional variance by 1/(1 − s/2), a bias
+        that vanishes as s → 0 (0 < s < 2 is required for stability). Chains start at ``init`` ``[n, D]`` or
+        at draws from N(μ, σ²). The mean acceptance probability of the last call is in
+        ``last_acceptance`` (1 without MH).
+        """
+        _check_n(n)
+        for name, v in (("n_steps", n_steps), ("n_langevin", n_langevin)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not 0 < step_size < 2:
+            raise ValueError(f"step_size must be in (0, 2) (it is in units of σ²; the unadjusted chain "
+                             f"diverges at 2), got {step_size!r}")
+        if init is None:
+            z = self.mu + torch.exp(0.5 * self.log_var) * torch.randn(n, self.n_visible, dtype=self.W.dtype,
+                                                                      device=self.W.device)
+        else:
+            if tuple(init.shape) != (n, self.n_visible):
+                raise ValueError(f"init must have shape {(n, self.n_visible)}, got {tuple(init.shape)}")
+            z = init.detach().to(self.W)
+        acc = torch.zeros((), dtype=torch.float64)
+        for _ in range(n_steps):
+            h = torch.bernoulli(torch.sigmoid(self.hidden_logits(z)))
+            mean = self.mu + h @ self.W.T
+            for _ in range(n_langevin):
+                z, a = self._langevin_given_h(z, mean, float(step_size), mh)
+                acc += a.double().mean()
+        self.last_acceptance = float(acc) / (n_steps * n_langevin)
+        return z
+
+
+__all__ = ["DiagonalGaussian", "GRBM", "Prior", "StandardNormal", "VampPrior", "gaussian_log_prob", "mixture_log_prob"]
