@@ -12,6 +12,17 @@ import torch
 from .data import density_grid
 
 
+def _plane_axis(ax, xlim: tuple[float, float], ylim: tuple[float, float], title: str | None) -> None:
+    """Limits, x₁/x₂ labels, equal aspect and an optional title for a figure of the data plane."""
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+
+
 def plot_density(
     ax,
     log_density: Callable[[torch.Tensor], torch.Tensor],
@@ -37,13 +48,7 @@ def plot_density(
     if data is not None:
         pts = data[:n_points].detach().cpu().numpy()
         ax.scatter(pts[:, 0], pts[:, 1], s=2, c="white", alpha=0.5, linewidths=0)
-    ax.set_xlim(*xlim)
-    ax.set_ylim(*ylim)
-    ax.set_xlabel("$x_1$")
-    ax.set_ylabel("$x_2$")
-    ax.set_aspect("equal")
-    if title:
-        ax.set_title(title)
+    _plane_axis(ax, xlim, ylim, title)
     return cs
 
 
@@ -125,13 +130,7 @@ def plot_velocity_field(
     ax.streamplot(xs, ys, u1, u2, density=stream_density, color="white", linewidth=width, arrowsize=0.8)
     _, _, q = density_grid(log_q, xlim, ylim, n=n, dtype=torch.float64)
     ax.contour(xs, ys, q.numpy(), levels=q_levels, colors="cyan", linewidths=0.6, alpha=0.8)
-    ax.set_xlim(*xlim)
-    ax.set_ylim(*ylim)
-    ax.set_xlabel("$x_1$")
-    ax.set_ylabel("$x_2$")
-    ax.set_aspect("equal")
-    if title:
-        ax.set_title(title)
+    _plane_axis(ax, xlim, ylim, title)
     return field, mesh
 
 
