@@ -2,6 +2,8 @@
 
 * Langevin dynamics simulates the gradient flow of KL in the 2-Wasserstein space (Fokker–Planck).
 * SVGD (Liu & Wang, 2016) simulates it in the H-Wasserstein space, with an RBF (or IMQ) kernel.
+* The probability-flow ODE moves particles deterministically with the flow's own velocity −∇log(ρ_t/q),
+  the cloud's score estimated by the blob method (Carrillo, Craig & Patacchini, 2019).
 """
 
 from __future__ import annotations
