@@ -13,7 +13,9 @@ Learning unnormalized models (chapters 1–6; the later chapters reuse it):
 * :mod:`mvl.divergences`: KL divergences of particle samples (chapter 2);
 * :mod:`mvl.manifolds`: the sphere, its charts and von Mises–Fisher densities (chapter 6);
 * :mod:`mvl.data`: the toy data sets (chapters 1–5);
-* :mod:`mvl.fitting`: the loop that fits an energy by any objective, gradient and timing helpers.
+* :mod:`mvl.fitting`: the loop that fits an energy by any objective, gradient and timing helpers;
+* :mod:`mvl.ais`: annealed importance sampling, log partition functions and a VAE's log p(x) (chapter 8;
+  imports nothing from the package).
 
 Auto-encoders with flexible priors (chapters 7 onwards): the subpackage :mod:`mvl.ae` (MNIST, priors,
 VAEs).
@@ -35,7 +37,7 @@ Imports go one way: :mod:`mvl.energies` imports nothing from the package; :mod:`
 level, never the reverse.
 """
 
-from . import ae, data, divergences, energies, fitting, manifolds, objectives, plotting, profiles, samplers, stein, variance
+from . import ae, ais, data, divergences, energies, fitting, manifolds, objectives, plotting, profiles, samplers, stein, variance
 from .profiles import setup
 
 __version__ = "0.1.0"
@@ -43,6 +45,6 @@ REPOSITORY_URL = "https://github.com/mvl-book/mvl-book"
 """Where the book's source lives; ``_config.yml`` and every notebook's setup cell use this URL."""
 
 __all__ = [
-    "ae", "data", "divergences", "energies", "fitting", "manifolds", "objectives", "plotting", "profiles",
+    "ae", "ais", "data", "divergences", "energies", "fitting", "manifolds", "objectives", "plotting", "profiles",
     "samplers", "stein", "variance", "setup", "REPOSITORY_URL",
 ]

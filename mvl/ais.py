@@ -1,7 +1,6 @@
 """Annealed importance sampling: log partition functions and marginal likelihoods (chapter 8).
 
-The seed paper of chapter 8 (*Variational Inference with Unnormalized Priors*, §3, "Post-training
-evaluation") evaluates its VAEs with an energy-based prior by annealed importance sampling (AIS; Neal,
+The seed paper of chapter 8 (*Variational Inference with Unnormalized Priors*, end of §2.3) evaluates its VAEs with an energy-based prior by annealed importance sampling (AIS; Neal,
 2001), which needs two numbers the training never computes: the prior's log partition function log Z
 (:func:`grbm_log_partition`) and the marginal likelihood log p(x) of each test image
 (:func:`vae_log_likelihood`, the protocol of Wu et al., 2017, "On the quantitative analysis of
@@ -266,8 +265,8 @@ def ais(
     if not (isinstance(adapt_rate, (int, float)) and math.isfinite(adapt_rate) and adapt_rate > 0):
         raise ValueError(f"adapt_rate must be a positive finite number, got {adapt_rate!r}")
     betas = _check_schedule(schedule, n_temperatures)
-    kwargs = dict(n_temperatures=n_temperatures, n_chains=n_chains, kernel=kernel, n_leapfrog=n_leapfrog,
-                  schedule=betas, target_accept=target_accept, adapt_rate=adapt_rate, progress=progress)
+    kwargs = {"n_temperatures": n_temperatures, "n_chains": n_chains, "kernel": kernel, "n_leapfrog": n_leapfrog,
+              "schedule": betas, "target_accept": target_accept, "adapt_rate": adapt_rate, "progress": progress}
     if adapt == "pilot":
         pilot = ais(log_base, sample_base, log_target, step_size=step_size, adapt="online",
                     desc=f"{desc} (pilot)", **kwargs)
@@ -385,7 +384,7 @@ def vae_log_likelihood(
     **kwargs,
 ) -> AISResult:
     """AIS estimate of a VAE's log p(x) per example, annealing to the unnormalized posterior p(z) p(x|z)
-    (Wu et al., 2017; seed 003 §3; chapter 8). Returns an :class:`AISResult` whose ``log_z`` ``[n]`` is
+    (Wu et al., 2017; seed 003 §2.3 and §4.2; chapter 8). Returns an :class:`AISResult` whose ``log_z`` ``[n]`` is
     log p(x) for the n rows of ``x``.
 
     ``decoder_log_lik(x, z)`` is log p(x|z) with the convention of :meth:`mvl.ae.vae.BernoulliDecoder.log_prob`

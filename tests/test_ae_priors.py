@@ -151,8 +151,8 @@ def test_vampprior_log_prob_is_accurate_in_float32_at_trained_scales():
 # The Gaussian–Bernoulli RBM prior (seed 003 eq. 12; chapter 8).
 # --------------------------------------------------------------------------------------------------------
 
-from mvl.ae.priors import GRBM  # noqa: E402
-from mvl.objectives import sm_denoising, sm_exact, sm_mvl, sm_sliced  # noqa: E402
+from mvl.ae.priors import GRBM
+from mvl.objectives import sm_denoising, sm_exact, sm_mvl, sm_sliced
 
 torch.set_num_threads(1)  # the machines are shared; these tests are small
 

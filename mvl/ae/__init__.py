@@ -1,7 +1,9 @@
 """The auto-encoder half of the book (chapters 7 onwards): variational auto-encoders with flexible priors.
 
 * :mod:`mvl.ae.mnist`: MNIST, checksummed loading and binarization (``mnist(split, binarize)``);
-* :mod:`mvl.ae.priors`: the Gaussian posterior and the priors (standard normal, VampPrior; chapter 7);
+* :mod:`mvl.ae.priors`: the Gaussian posterior and the priors (standard normal, VampPrior; chapter 7; the
+  Gaussian–Bernoulli RBM, chapter 8);
+* :mod:`mvl.ae.flows`: the inverse autoregressive flow, the adversary of adversarial CD (chapter 8);
 * :mod:`mvl.ae.vae`: encoder, decoder, ELBO, importance-sampled likelihood, training and checkpoints
   (chapter 7);
 * :mod:`mvl.ae.recipes`: the trained models the chapters show, one recipe each (``python -m mvl.train``).
@@ -11,6 +13,6 @@ the first half of the book teaches — energies, score-matching objectives, samp
 the top level of :mod:`mvl`, and these modules import it from there.
 """
 
-from . import mnist, priors, recipes, vae
+from . import flows, mnist, priors, recipes, vae
 
-__all__ = ["mnist", "priors", "recipes", "vae"]
+__all__ = ["flows", "mnist", "priors", "recipes", "vae"]

@@ -8,7 +8,9 @@ Every prior is an ``nn.Module`` with two methods,
 and the attribute ``dim``. Normalized priors (:class:`StandardNormal`, :class:`VampPrior`, chapter 7)
 return exact log densities, so the ELBO and the importance-sampled likelihood of :mod:`mvl.ae.vae` are
 proper bounds. A later prior only needs the same two methods: an energy-based prior returns ``-E(z)`` and
-sets ``normalized = False`` (its log partition function is then a separate problem, chapter 8); a prior on
+sets ``normalized = False`` (its log partition function is then a separate problem, chapter 8), or, like
+:class:`GRBM`, returns −E(z) − log Z with an exact or stored AIS log Z and says by ``normalized`` whether it
+can; a prior on
 the sphere returns the log density with respect to the sphere's surface measure.
 """
 
@@ -332,7 +334,8 @@ class GRBM(Prior):
     @torch.no_grad()
     def sample(self, n: int, n_steps: int = 100, step_size: float = 0.1, mh: bool = False, n_langevin: int = 1,
                init: torch.Tensor | None = None) -> torch.Tensor:
-        """Gibbs–Langevin sampling (Liao et al., 2022; seed 003 §2.4; chapter 8), ``[n, D]``.
+        """Gibbs–Langevin sampling (Liao et al., 2022; chapter 8), ``[n, D]``. Seed 003 eq. (13) runs unadjusted
+        Langevin on the free energy instead; using the hidden units makes every step an exact Gaussian problem.
 
         Each of ``n_steps`` sweeps draws h ~ p(h | z) exactly, then takes ``n_langevin`` Langevin steps on
         z | h ~ N(μ + Wh, σ²), preconditioned by σ²: z ← z − s (z − μ − Wh) + √(2s) σ ⊙ ξ with s =
