@@ -329,3 +329,16 @@ def test_grbm_bad_arguments():
         GRBM(2, 21).log_partition_exact()
     with pytest.raises(RuntimeError, match="estimate_log_partition"):
         GRBM(2, 21).log_prob(torch.zeros(1, 2))
+
+
+def test_grbm_exact_log_partition_cache_follows_the_parameters():
+    """Under no_grad the exact log Z is cached; changing a parameter in place invalidates it."""
+    g = random_grbm(6, d=2, h=3)
+    z = torch.zeros(1, 2, dtype=torch.float64)
+    with torch.no_grad():
+        before = g.log_prob(z)
+        g.b[0] += 0.5
+        after = g.log_prob(z)
+        assert torch.allclose(after, -g.free_energy(z) - g.log_partition_exact(), atol=1e-12)
+    assert not torch.allclose(before, after)
+    assert g.log_prob(z).requires_grad  # with gradients it is recomputed, differentiably

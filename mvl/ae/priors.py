@@ -266,12 +266,13 @@ class GRBM(Prior):
     def _parameters_now(self) -> list[torch.Tensor]:
         return [p.detach() for p in (self.W, self.b, self.mu, self.log_var)]
 
+    def _matches(self, snapshot: list[torch.Tensor] | None) -> bool:
+        return snapshot is not None and all(old.shape == new.shape and torch.equal(old.to(new), new)
+                                            for old, new in zip(snapshot, self._parameters_now()))
+
     def ais_is_current(self) -> bool:
         """Whether a stored AIS estimate exists and the parameters are exactly those it was computed for."""
-        if self._ais_snapshot is None:
-            return False
-        return all(old.shape == new.shape and torch.equal(old.to(new), new)
-                   for old, new in zip(self._ais_snapshot, self._parameters_now()))
+        return self._matches(self._ais_snapshot)
 
     def estimate_log_partition(self, n_temperatures: int = 1000, n_chains: int = 100, kernel: str = "hmc",
                                **kwargs):
@@ -294,9 +295,16 @@ class GRBM(Prior):
         return self.n_hidden <= self.max_exact_hidden or self.ais_is_current()
 
     def log_partition(self) -> torch.Tensor | float:
-        """The log Z that :meth:`log_prob` uses: exact if possible, else the current AIS estimate."""
+        """The log Z that :meth:`log_prob` uses: exact if possible (cached under ``torch.no_grad`` until a
+        parameter changes), else the current AIS estimate."""
         if self.n_hidden <= self.max_exact_hidden:
-            return self.log_partition_exact()
+            if torch.is_grad_enabled():  # differentiable: recompute
+                return self.log_partition_exact()
+            cache = getattr(self, "_exact_cache", None)  # without gradients, reuse it while the parameters are unchanged
+            if cache is None or not self._matches(cache[0]):
+                cache = ([p.clone() for p in self._parameters_now()], self.log_partition_exact())
+                self._exact_cache = cache
+            return cache[1]
         if self._ais_snapshot is None:
             raise RuntimeError(
                 f"this GRBM has {self.n_hidden} hidden units, too many for the exact log Z, and no AIS "
