@@ -409,3 +409,29 @@ def kl_and_correlation(log_p: torch.Tensor, log_q: torch.Tensor, weights: torch.
     cov = (w * (log_p - mp) * (log_q - mq)).sum()
     corr = cov / torch.sqrt((w * (log_p - mp) ** 2).sum() * (w * (log_q - mq) ** 2).sum())
     return kl, corr.item()
+
+
+def hellinger_on_grid(log_p: torch.Tensor, log_q: torch.Tensor, weights: torch.Tensor) -> float:
+    """The Hellinger distance H(p, q) = (½∫(√p − √q)² dV)^{1/2} ∈ [0, 1] by quadrature on a grid with weights
+    ``weights`` (log p and log q normalized on that grid, as :func:`log_density_on_grid` returns them)."""
+    bc = (weights * torch.exp(0.5 * (log_p + log_q))).sum().item()  # Bhattacharyya coefficient ∫√(pq) dV
+    return math.sqrt(max(0.0, 1.0 - bc))
+
+
+def riemannian_fisher_divergence(
+    sphere: Sphere, energy_p: Energy, energy_q: Energy, points: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[float, float]:
+    """D_F(p‖q) = ½ E_p‖grad log p − grad log q‖² with the Riemannian gradient (chapter 6, eq-ch6-rsm), for
+    p ∝ exp(−energy_p) and q ∝ exp(−energy_q) (normalizing constants do not matter).
+
+    With ``weights=None``, ``points`` are samples of p and the result is the Monte Carlo mean and its
+    standard error. With quadrature ``weights`` on a grid (:meth:`Sphere.grid`), p is weighted by
+    exp(−energy_p) normalized on the grid and the standard error is returned as 0.
+    """
+    diff = sphere.riemannian_gradient(energy_p, points) - sphere.riemannian_gradient(energy_q, points)
+    half_sq = 0.5 * (diff**2).sum(-1)
+    if weights is None:
+        return half_sq.mean().item(), (half_sq.std() / math.sqrt(len(half_sq))).item()
+    with torch.no_grad():
+        log_p = log_density_on_grid(lambda v: -evaluate_energy(energy_p, v), points, weights)
+    return (weights * torch.exp(log_p) * half_sq).sum().item(), 0.0
