@@ -96,10 +96,15 @@ def _load_state(path: Path, recipe: VAERecipe) -> dict[str, Any]:
 
 def evaluate(recipe: VAERecipe, model: V.VAE, test: torch.Tensor, device: torch.device) -> dict[str, Any]:
     """The recipe's evaluation: importance-sampled test NLL (with its standard error and the weights'
-    effective sample size) and the test ELBO, seeded with the recipe's seed."""
+    effective sample size) and the test ELBO, seeded with the recipe's seed. A recipe with an energy-based
+    prior evaluates itself (``recipe.evaluate_model``: the prior's log Z by AIS first, chapter 8)."""
     start = time.perf_counter()
     model.eval().to(device)
     test = test.to(device)
+    own = getattr(recipe, "evaluate_model", None)
+    metrics = own(model, test) if own is not None else None
+    if metrics is not None:
+        return metrics
     torch.manual_seed(recipe.seed)
     est = model.importance_estimates(test, recipe.eval_samples)
     nll = -est["log_px"].double().cpu()
@@ -130,8 +135,7 @@ def train_recipe(recipe: VAERecipe, *, resume: bool = False, restart: bool = Fal
     probs = train.probs if hasattr(train, "probs") else train
     model = recipe.build(probs)
     generator = torch.Generator().manual_seed(recipe.seed + 1)
-    trainer = V.VAETrainer(model, train, valid, recipe.epochs, recipe.batch_size, recipe.lr, recipe.warmup,
-                           recipe.patience, dev, generator)
+    trainer = recipe.trainer(model, train, valid, dev, generator)
     wall: dict[str, float] = {}
     if ckpt.exists() and resume and not restart:
         state = _load_state(ckpt, recipe)
@@ -163,7 +167,7 @@ def train_recipe(recipe: VAERecipe, *, resume: bool = False, restart: bool = Fal
             epochs_now += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(valid_elbo=f"{val['elbo']:.2f}", beta=f"{trainer.hist['beta'][-1]:.2f}")
+                bar.set_postfix({f"valid_{k}": f"{v:.2f}" for k, v in val.items() if k in ("elbo", "bound")})
             now = time.perf_counter()
             out_of_time = max_minutes is not None and now - session_start >= 60 * max_minutes
             out_of_epochs = stop_after_epochs is not None and epochs_now >= stop_after_epochs
@@ -192,11 +196,12 @@ def train_recipe(recipe: VAERecipe, *, resume: bool = False, restart: bool = Fal
         "wall_s": round(sum(total.values()), 1), "wall_s_by_device": {k: round(v, 1) for k, v in total.items()},
         "device": where, "commit": git_commit(), "torch": torch.__version__, "mvl": __version__,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"), "metrics": metrics,
-        "curve": {k: hist[k] for k in V.HISTORY_KEYS},
+        "curve": {k: hist[k] for k in trainer.history_keys},
     }
     entry = trained.publish(recipe.name, model.state_dict(), record, out)
     print(f"{recipe.name}: {'finished' if trainer.done else 'exported'} after {trainer.epoch} epochs; test NLL "
-          f"{metrics['test_nll']:.2f} ± {metrics['test_nll_se'] or 0:.2f} ({recipe.eval_samples} samples, "
+          f"{metrics['test_nll']:.2f} ± {metrics['test_nll_se'] or 0:.2f}"
+          f"{' (log Z ± %.2f shared)' % metrics['log_z_se'] if 'log_z_se' in metrics else ''} ({recipe.eval_samples} samples, "
           f"{metrics['test_images']} images); wrote {entry['file']} (sha256 {entry['sha256'][:12]}…)", flush=True)
     return record
 
@@ -210,8 +215,12 @@ def load_trained(recipe: str | VAERecipe, device: str | torch.device = "cpu",
     """
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     state, entry, record = trained.load(recipe.name, recipe.version, folder)
-    model = V.build_vae(recipe.prior, recipe.latent, recipe.hidden, n_pseudo=recipe.n_pseudo)
+    model = recipe.skeleton()
     model.load_state_dict(state)
+    if "log_z" in record["metrics"]:  # an energy-based prior: its AIS log Z from the run record
+        from .ae.ebm_prior import attach_log_partition
+
+        attach_log_partition(model.prior, record["metrics"]["log_z"], record["metrics"]["log_z_se"])
     return model.to(device).eval(), record
 
 

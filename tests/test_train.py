@@ -159,3 +159,111 @@ def test_the_committed_models_match_their_manifest():
         assert record["metrics"]["test_nll"] == entry["metrics"]["test_nll"]
         total += entry["bytes"]
     assert total <= trained.MAX_TOTAL_BYTES
+
+
+# ---- chapter 8: recipes with energy-based priors (mvl.ae.ebm_prior) through the same command ----
+
+def tiny_ebm(**changes):
+    from mvl.ae.recipes import EBMPriorRecipe
+
+    base = EBMPriorRecipe("tiny-ebm", 1, 8, "a test recipe with a GRBM prior", latent=3, hidden=16, prior_hidden=6,
+                          epochs=3, batch_size=32, prior_objective="mvl", eval_samples=16, eval_images=16,
+                          ais_temperatures=200, ais_chains=32, seed=0)
+    return base.with_changes(**changes)
+
+
+def mnist_like(n=320, seed=0):
+    """A few hundred MNIST-like images without downloading MNIST: gray-level strokes (a random thick line
+    per image, blurred) as uint8 pixels, dynamically binarized like the real training set."""
+    from mvl.ae.mnist import ImageData
+
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    a, b = torch.rand(n, 2, generator=g) * 20 + 4, torch.rand(n, 2, generator=g) * 20 + 4
+    t = torch.linspace(0, 1, 12)
+    pts = a[:, None] + (b - a)[:, None] * t[None, :, None]  # [n, 12, 2]
+    d2 = (yy[None, None] - pts[..., 0, None, None]) ** 2 + (xx[None, None] - pts[..., 1, None, None]) ** 2
+    gray = torch.exp(-d2.min(1).values / 3.0)
+    pixels = (255 * gray).round().to(torch.uint8).reshape(n, 784)
+    train = ImageData(pixels[: n - 64], torch.zeros(n - 64, dtype=torch.long), "dynamic")
+    valid = ImageData(pixels[n - 64 : n - 32], torch.zeros(32, dtype=torch.long), "static").tensor()
+    test = ImageData(pixels[n - 32 :], torch.zeros(32, dtype=torch.long), "static").tensor()
+    return train, valid, test[:16]
+
+
+def run_ebm(recipe, tmp_path, **kw):
+    return T.train_recipe(recipe, data=mnist_like(), cache=tmp_path / "cache", out=tmp_path / "out", progress=False,
+                          device="cpu", **kw)
+
+
+@pytest.mark.parametrize("objective", ["mvl", "adversarial"])
+def test_an_ebm_prior_recipe_trains_resumes_bit_for_bit_and_evaluates_with_ais(tmp_path, objective):
+    recipe = tiny_ebm(prior_objective=objective)
+    one = run_ebm(recipe, tmp_path / "a")
+    assert one["finished"] and one["epochs"] == 3 and len(one["curve"]["train_prior_loss"]) == 3
+    assert run_ebm(recipe, tmp_path / "b", stop_after_epochs=1) is None
+    state = torch.load(T.run_dir(recipe, tmp_path / "b" / "cache") / "state.pt", weights_only=True)
+    assert (state["trainer"]["adversary"] is not None) == (objective == "adversarial")  # the adversary is checkpointed
+    two = run_ebm(recipe, tmp_path / "b", resume=True)
+    wa, wb = weights(tmp_path / "a/out/tiny-ebm.pt"), weights(tmp_path / "b/out/tiny-ebm.pt")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert one["metrics"]["test_nll"] == two["metrics"]["test_nll"]
+    assert one["curve"]["train_prior_loss"] == two["curve"]["train_prior_loss"]
+    m = one["metrics"]
+    # evaluated with the AIS log Z, which (6 hidden units) is checked against the exact one
+    assert abs(m["log_z"] - m["log_z_exact"]) < 4 * m["log_z_se"] + 0.02, m
+    assert m["test_nll_log_z_se"] == m["log_z_se"] > 0 and m["test_images"] == 16
+    assert "prior grbm by " + objective in recipe.budget()
+
+
+def test_a_resumed_ebm_run_with_another_recipe_version_or_settings_is_refused(tmp_path):
+    run_ebm(tiny_ebm(), tmp_path, stop_after_epochs=1)
+    ckpt = T.run_dir(tiny_ebm(), tmp_path / "cache") / "state.pt"
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match="left untouched"):
+        run_ebm(tiny_ebm(prior_eps=1e-2), tmp_path, resume=True)  # same version, other settings
+    v2 = T.run_dir(tiny_ebm(version=2), tmp_path / "cache") / "state.pt"
+    v2.parent.mkdir(parents=True)
+    v2.write_bytes(before)  # a version-1 checkpoint where version 2 looks for its own
+    with pytest.raises(ValueError, match="version 1 .* not to 'tiny-ebm' version 2"):
+        run_ebm(tiny_ebm(version=2), tmp_path, resume=True)
+    assert ckpt.read_bytes() == before == v2.read_bytes()
+
+
+def test_a_nan_in_the_energy_stops_an_ebm_run_with_a_clear_error(tmp_path, monkeypatch):
+    from mvl.ae.recipes import EBMPriorRecipe
+
+    real_build = EBMPriorRecipe.build
+
+    def poisoned(self, probs=None):
+        model = real_build(self, probs)
+        with torch.no_grad():
+            model.prior.W[0, 0] = float("inf")
+        return model
+
+    monkeypatch.setattr(EBMPriorRecipe, "build", poisoned)
+    with pytest.raises(FloatingPointError, match=r"prior's energy E\(z\).*non-finite at iteration 1.*last good checkpoint"):
+        run_ebm(tiny_ebm(), tmp_path)
+    assert not (tmp_path / "out" / "tiny-ebm.pt").exists()
+
+
+def test_load_trained_restores_an_ebm_prior_with_its_ais_log_z(tmp_path):
+    record = run_ebm(tiny_ebm(), tmp_path)
+    model, loaded = T.load_trained(tiny_ebm(), folder=tmp_path / "out")
+    assert model.prior.log_z_ais == record["metrics"]["log_z"] and model.prior.ais_is_current()
+    test = mnist_like()[2]
+    torch.manual_seed(0)
+    nll = -(model.importance_estimates(test, 16, log_prior=model.prior.unnormalized_log_prob)["log_px"].double()
+            - model.prior.log_z_ais).mean().item()
+    assert nll == pytest.approx(record["metrics"]["test_nll"], rel=1e-6)
+
+
+def test_the_chapter_8_recipes_follow_the_seed_paper():
+    for name, objective in (("ch8-grbm-ssm", "ssm"), ("ch8-grbm-mvl", "mvl"), ("ch8-grbm-dsm", "dsm"),
+                            ("ch8-grbm-adversarial", "adversarial")):
+        r = get_recipe(name)
+        assert (r.prior, r.prior_objective, r.latent, r.hidden, r.prior_hidden) == ("grbm", objective, 64, 256, 64)
+        assert (r.lr, r.prior_lr, r.batch_size, r.epochs, r.body) == (1e-3, 2e-4, 64, 100, "elu")
+    assert get_recipe("ch8-vampprior").n_pseudo == 16 and get_recipe("ch8-standard").prior == "standard"
+    # chapter 7's recipes keep their settings (and so their fingerprints and committed models)
+    assert "body" not in get_recipe("ch7-standard").settings()

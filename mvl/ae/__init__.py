@@ -6,6 +6,9 @@
 * :mod:`mvl.ae.flows`: the inverse autoregressive flow, the adversary of adversarial CD (chapter 8);
 * :mod:`mvl.ae.vae`: encoder, decoder, ELBO, importance-sampled likelihood, training and checkpoints
   (chapter 7);
+* :mod:`mvl.ae.ebm_prior`: VAEs with energy-based priors: the partition-free bound for the encoder and
+  decoder, the prior fitted to the posterior samples by SSM, MVL, DSM, adversarial CD or the IW log Z, and
+  the test NLL with an AIS log Z (chapter 8);
 * :mod:`mvl.ae.recipes`: the trained models the chapters show, one recipe each (``python -m mvl.train``).
 
 The later chapters add their modules here (energy-based priors, flows, implicit encoders, WAEs, FID). What
@@ -13,6 +16,6 @@ the first half of the book teaches — energies, score-matching objectives, samp
 the top level of :mod:`mvl`, and these modules import it from there.
 """
 
-from . import flows, mnist, priors, recipes, vae
+from . import ebm_prior, flows, mnist, priors, recipes, vae
 
-__all__ = ["flows", "mnist", "priors", "recipes", "vae"]
+__all__ = ["ebm_prior", "flows", "mnist", "priors", "recipes", "vae"]

@@ -55,9 +55,11 @@ class VAERecipe:
     eval_samples: int = 5000         # importance samples per test image
     eval_images: int = 10_000        # test images evaluated (the whole test set)
 
+    priors = ("standard", "vamp")  # a class attribute (not a setting): the priors this kind of recipe builds
+
     def __post_init__(self):
-        if self.prior not in ("standard", "vamp"):
-            raise ValueError(f"recipe {self.name}: unknown prior {self.prior!r} (choose 'standard' or 'vamp')")
+        if self.prior not in self.priors:
+            raise ValueError(f"recipe {self.name}: unknown prior {self.prior!r} (choose one of {self.priors})")
         for field in ("latent", "hidden", "n_pseudo", "n_train", "n_valid", "epochs", "batch_size", "patience",
                       "eval_samples", "eval_images"):
             value = getattr(self, field)
@@ -94,7 +96,109 @@ class VAERecipe:
             if train_probs is None:
                 raise ValueError(f"recipe {self.name}: the VampPrior needs training images to start its pseudo-inputs")
             init = train_probs[torch.randperm(len(train_probs))[: self.n_pseudo]]
-        return V.build_vae(self.prior, self.latent, self.hidden, n_pseudo=self.n_pseudo, pseudo_init=init)
+        return self.skeleton(init)
+
+    def skeleton(self, pseudo_init: torch.Tensor | str = "random") -> V.VAE:
+        """The model's architecture with fresh weights (what committed weights are loaded into)."""
+        return V.build_vae(self.prior, self.latent, self.hidden, n_pseudo=self.n_pseudo, pseudo_init=pseudo_init)
+
+    def trainer(self, model: V.VAE, train, valid, device, generator) -> V.VAETrainer:
+        """The training loop of this recipe (chapter 7: :class:`mvl.ae.vae.VAETrainer`)."""
+        return V.VAETrainer(model, train, valid, self.epochs, self.batch_size, self.lr, self.warmup, self.patience,
+                            device, generator)
+
+
+@dataclass(frozen=True)
+class EBMPriorRecipe(VAERecipe):
+    """A VAE of chapter 8 (seed 003 §4.2): ELU encoder 784-256-256-128 and decoder 64-256-256-784, a GRBM
+    (64 × ``prior_hidden``), N(0, I) or VampPrior prior, trained by :class:`mvl.ae.ebm_prior.EBMPriorTrainer`
+    (Adam ``lr`` for the VAE, ``prior_lr`` for an energy-based prior, batch 64, dynamic binarization, no KL
+    warm-up, no early stopping: the final weights after ``epochs``) and evaluated by importance sampling with
+    the GRBM's log Z from AIS (``ais_temperatures`` × ``ais_chains``; :func:`mvl.ae.ebm_prior.evaluate_ebm_vae`).
+    ``prior_objective`` is one of :data:`mvl.ae.ebm_prior.PRIOR_OBJECTIVES` (``"elbo"`` for the normalized
+    priors); ``prior_eps`` is MVL's step and DSM's noise variance."""
+
+    prior: str = "grbm"
+    latent: int = 64
+    hidden: int = 256
+    n_pseudo: int = 16
+    epochs: int = 100
+    warmup: float = 0.0
+    lr: float = 1e-3
+    batch_size: int = 64
+    patience: int = 100              # unused: no early stopping
+    eval_samples: int = 1000
+    body: str = "elu"
+    prior_objective: str = "ssm"
+    prior_hidden: int = 64
+    prior_lr: float = 2e-4
+    prior_eps: float = 1e-3
+    n_slices: int = 1
+    energy_l2: float = 0.0
+    adversary_layers: int = 4
+    adversary_hidden: tuple[int, ...] = ()   # () = the seed's linear IAF
+    adversary_lr: float = 1e-3
+    ais_temperatures: int = 1000
+    ais_chains: int = 100
+
+    priors = ("standard", "vamp", "grbm")
+
+    def __post_init__(self):
+        super().__post_init__()
+        from .ebm_prior import PRIOR_OBJECTIVES
+
+        if self.prior_objective not in PRIOR_OBJECTIVES:
+            raise ValueError(f"recipe {self.name}: unknown prior_objective {self.prior_objective!r} "
+                             f"(choose one of {PRIOR_OBJECTIVES})")
+        if (self.prior == "grbm") == (self.prior_objective == "elbo"):
+            raise ValueError(f"recipe {self.name}: a GRBM prior is trained by an EBM objective, a normalized prior "
+                             f"by 'elbo'; got prior {self.prior!r} with {self.prior_objective!r}")
+        for field in ("prior_hidden", "n_slices", "adversary_layers", "ais_temperatures", "ais_chains"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"recipe {self.name}: {field} must be a positive integer, got {value!r}")
+        for field in ("prior_lr", "prior_eps", "adversary_lr"):
+            if not (math.isfinite(getattr(self, field)) and getattr(self, field) > 0):
+                raise ValueError(f"recipe {self.name}: {field} must be a positive number")
+        if not (math.isfinite(self.energy_l2) and self.energy_l2 >= 0):
+            raise ValueError(f"recipe {self.name}: energy_l2 must be >= 0")
+
+    def budget(self) -> str:
+        extra = "" if self.prior != "grbm" else f"; log Z by AIS, {self.ais_temperatures} temperatures x {self.ais_chains} chains"
+        return (f"{self.epochs} epochs, batch {self.batch_size}, {self.n_train} images, prior {self.prior} by "
+                f"{self.prior_objective}; evaluation {self.eval_samples} importance samples x {self.eval_images} "
+                f"test images{extra}")
+
+    def skeleton(self, pseudo_init: torch.Tensor | str = "random") -> V.VAE:
+        from .ebm_prior import build_ebm_vae
+
+        return build_ebm_vae(self.latent, self.hidden, prior=self.prior, prior_hidden=self.prior_hidden,
+                             n_pseudo=self.n_pseudo, pseudo_init=pseudo_init, body=self.body)
+
+    def trainer(self, model: V.VAE, train, valid, device, generator):
+        from .ebm_prior import EBMPriorTrainer
+        from .flows import IAF
+
+        adversary = None
+        if self.prior_objective == "adversarial":
+            torch.manual_seed(self.seed + 2)
+            adversary = IAF(self.latent, self.adversary_layers, hidden=tuple(self.adversary_hidden))
+        return EBMPriorTrainer(model, train, valid, self.prior_objective, self.epochs, self.batch_size, self.lr,
+                               self.prior_lr, self.prior_eps, self.n_slices, self.energy_l2, adversary,
+                               self.adversary_lr, device, generator)
+
+    def evaluate_model(self, model: V.VAE, test: torch.Tensor) -> dict[str, Any] | None:
+        """The GRBM prior's evaluation (AIS log Z, then importance sampling); None for a normalized prior,
+        which :func:`mvl.train.evaluate` evaluates as chapter 7 does."""
+        if self.prior != "grbm":
+            return None
+        from .ebm_prior import evaluate_ebm_vae
+
+        return evaluate_ebm_vae(model, test, self.eval_samples, self.ais_temperatures, self.ais_chains, self.seed)
+
+
+def _ch8(name: str, description: str, **settings: Any) -> EBMPriorRecipe:
+    return EBMPriorRecipe(name, 1, 8, description, **settings)
 
 
 RECIPES: dict[str, VAERecipe] = {
@@ -104,6 +208,18 @@ RECIPES: dict[str, VAERecipe] = {
                   prior="standard"),
         VAERecipe("ch7-vampprior", 1, 7, "one-layer VAE, VampPrior with K = 500 pseudo-inputs (Tomczak & Welling 2018)",
                   prior="vamp"),
+        _ch8("ch8-standard", "seed 003 MNIST VAE (ELU 784-256-256-128 / 64-256-256-784), N(0, I) prior",
+             prior="standard", prior_objective="elbo"),
+        _ch8("ch8-vampprior", "seed 003 MNIST VAE, VampPrior with K = 16 pseudo-inputs", prior="vamp",
+             prior_objective="elbo"),
+        _ch8("ch8-grbm-ssm", "seed 003 MNIST VAE, GRBM prior (64 x 64) by sliced score matching (Algorithm 1)",
+             prior_objective="ssm"),
+        _ch8("ch8-grbm-mvl", "seed 003 MNIST VAE, GRBM prior (64 x 64) by minimum velocity learning (eps 1e-3)",
+             prior_objective="mvl"),
+        _ch8("ch8-grbm-dsm", "seed 003 MNIST VAE, GRBM prior (64 x 64) by denoising score matching with the "
+             "control variate (noise variance 1e-3)", prior_objective="dsm"),
+        _ch8("ch8-grbm-adversarial", "seed 003 MNIST VAE, GRBM prior (64 x 64) by adversarial CD with a 4-layer "
+             "linear IAF adversary (Algorithm 2)", prior_objective="adversarial"),
     )
 }
 """Every recipe of the book, by name."""
@@ -118,4 +234,4 @@ def get_recipe(name: str) -> VAERecipe:
                        f"(python -m mvl.train --list)") from None
 
 
-__all__ = ["RECIPES", "VAERecipe", "get_recipe"]
+__all__ = ["EBMPriorRecipe", "RECIPES", "VAERecipe", "get_recipe"]

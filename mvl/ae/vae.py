@@ -52,23 +52,50 @@ class GatedDense(nn.Module):
 
 def gated_mlp(sizes: Sequence[int]) -> nn.Sequential:
     """A stack of :class:`GatedDense` layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``."""
-    if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-        raise ValueError(f"sizes must list at least two positive integers, got {sizes!r}")
+    _check_sizes(sizes)
     return nn.Sequential(*[GatedDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
 
 
+def elu_mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Affine layers ``sizes[0] -> ... -> sizes[-1]``, each followed by an ELU (Clevert et al., 2016): the
+    body of the seed paper's MNIST encoder and decoder (chapter 8)."""
+    _check_sizes(sizes)
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ELU()]
+    return nn.Sequential(*layers)
+
+
+def _check_sizes(sizes: Sequence[int]) -> None:
+    if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+        raise ValueError(f"sizes must list at least two positive integers, got {sizes!r}")
+
+
+BODIES = {"gated": gated_mlp, "elu": elu_mlp}
+"""The hidden-layer stacks an encoder or decoder can use: gated dense layers (chapter 7) or ELU (chapter 8)."""
+
+
+def _body(body: str, sizes: Sequence[int]) -> nn.Sequential:
+    if body not in BODIES:
+        raise ValueError(f"unknown body {body!r}: choose one of {sorted(BODIES)}")
+    return BODIES[body](sizes)
+
+
 class GaussianEncoder(nn.Module):
-    """q(z|x) = N(μ(x), diag σ²(x)) computed by a gated MLP; log σ² is clamped to ``logvar_range``.
+    """q(z|x) = N(μ(x), diag σ²(x)) computed by an MLP; log σ² is clamped to ``logvar_range``.
+
+    ``body`` is ``"gated"`` (gated dense layers, chapter 7) or ``"elu"`` (affine + ELU, the seed paper of
+    chapter 8: 784-256-256 then one affine map to the means and log-variances, i.e. its 784-256-256-128).
 
     The clamp (a hard tanh to [−6, 2], as in the VampPrior paper's code) keeps the posterior from collapsing
     to a point or exploding, which stabilizes both the ELBO and the VampPrior built from this encoder.
     """
 
     def __init__(self, input_dim: int = 784, latent_dim: int = 40, hidden: Sequence[int] = (300, 300),
-                 logvar_range: tuple[float, float] = (-6.0, 2.0)):
+                 logvar_range: tuple[float, float] = (-6.0, 2.0), body: str = "gated"):
         super().__init__()
         self.input_dim, self.latent_dim = input_dim, latent_dim
-        self.body = gated_mlp([input_dim, *hidden])
+        self.body = _body(body, [input_dim, *hidden])
         self.mean = nn.Linear(hidden[-1], latent_dim)
         self.logvar = nn.Linear(hidden[-1], latent_dim)
         self.logvar_range = logvar_range
@@ -79,12 +106,14 @@ class GaussianEncoder(nn.Module):
 
 
 class BernoulliDecoder(nn.Module):
-    """p(x|z) = Π_i Bernoulli(x_i | sigmoid(logit_i(z))) with logits from a gated MLP."""
+    """p(x|z) = Π_i Bernoulli(x_i | sigmoid(logit_i(z))) with logits from an MLP (``body`` as for
+    :class:`GaussianEncoder`; ``"elu"`` with hidden (256, 256) is the seed decoder 64-256-256-784 of chapter 8)."""
 
-    def __init__(self, latent_dim: int = 40, output_dim: int = 784, hidden: Sequence[int] = (300, 300)):
+    def __init__(self, latent_dim: int = 40, output_dim: int = 784, hidden: Sequence[int] = (300, 300),
+                 body: str = "gated"):
         super().__init__()
         self.latent_dim, self.output_dim = latent_dim, output_dim
-        self.body = gated_mlp([latent_dim, *hidden])
+        self.body = _body(body, [latent_dim, *hidden])
         self.logits = nn.Linear(hidden[-1], output_dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -141,14 +170,17 @@ class VAE(nn.Module):
         kl = q.log_prob(z) - self.prior.log_prob(z)
         return ELBO(reconstruction, kl, float(beta))
 
-    def log_weights(self, x: torch.Tensor, n_samples: int) -> torch.Tensor:
-        """Importance log-weights log p(x|z_s) + log p(z_s) − log q(z_s|x), z_s ~ q(z|x); ``[n_samples, n]``."""
+    def log_weights(self, x: torch.Tensor, n_samples: int, log_prior=None) -> torch.Tensor:
+        """Importance log-weights log p(x|z_s) + log p(z_s) − log q(z_s|x), z_s ~ q(z|x); ``[n_samples, n]``.
+        ``log_prior`` replaces ``prior.log_prob`` (e.g. an energy-based prior's −E(z), chapter 8)."""
         q = self.encoder(x)
         z = q.rsample(n_samples)
-        return self.decoder.log_prob(x, z) + self.prior.log_prob(z) - q.log_prob(z)
+        log_p = self.prior.log_prob(z) if log_prior is None else log_prior(z)
+        return self.decoder.log_prob(x, z) + log_p - q.log_prob(z)
 
     @torch.no_grad()
-    def importance_estimates(self, x: torch.Tensor, n_samples: int = 5000, max_rows: int = 20_000) -> dict[str, torch.Tensor]:
+    def importance_estimates(self, x: torch.Tensor, n_samples: int = 5000, max_rows: int = 20_000,
+                             log_prior=None) -> dict[str, torch.Tensor]:
         """Importance sampling of log p(x) per example (Burda et al., 2016; eq. ch7-iw), with its diagnostics.
 
         Returns ``log_px`` = logsumexp_s w_s − log S with the log-weights w_s of :meth:`log_weights`
@@ -156,10 +188,14 @@ class VAE(nn.Module):
         normalized weights (between 1 and S: how many of the S samples carry the estimate). The expectation
         of ``log_px`` is a lower bound that increases with S and equals the ELBO at S = 1. Samples are
         processed in chunks of at most ``max_rows`` decoder evaluations, so memory stays bounded.
+
+        ``log_prior`` (z ``[..., d]`` → ``[...]``) replaces the prior's log density; with an unnormalized one
+        (−E(z) of an energy-based prior) the result is log ∫ p(x|z) e^{−E(z)} dz = log p(x) + log Z, and the
+        caller subtracts its estimate of log Z (chapter 8, :func:`mvl.ae.ebm_prior.evaluate_ebm_vae`).
         """
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        if not getattr(self.prior, "normalized", True):
+        if log_prior is None and not getattr(self.prior, "normalized", True):
             raise ValueError("the prior is unnormalized: log p(x) needs an estimate of its log partition function")
         log_px, ess = [], []
         per_batch = max(1, max_rows // n_samples)
@@ -167,7 +203,7 @@ class VAE(nn.Module):
             chunk = max(1, max_rows // xb.shape[0])
             lse = lse2 = torch.full((xb.shape[0],), -math.inf, device=xb.device)
             for s in _chunks(n_samples, chunk):  # running logsumexp of w and of 2w over the chunks
-                logw = self.log_weights(xb, s)
+                logw = self.log_weights(xb, s, log_prior)
                 lse = torch.logaddexp(lse, torch.logsumexp(logw, 0))
                 lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * logw, 0))
             log_px.append(lse - math.log(n_samples))
@@ -197,14 +233,15 @@ def _chunks(total: int, size: int) -> Iterable[int]:
 
 
 def build_vae(prior: str = "standard", latent_dim: int = 40, hidden: int = 300, input_dim: int = 784,
-              n_pseudo: int = 500, pseudo_init: torch.Tensor | str = "random") -> VAE:
+              n_pseudo: int = 500, pseudo_init: torch.Tensor | str = "random", body: str = "gated") -> VAE:
     """The VampPrior paper's one-layer VAE: gated 2×``hidden`` encoder and decoder, and the named prior.
 
     ``prior`` is ``"standard"`` (N(0, I)) or ``"vamp"`` (``n_pseudo`` pseudo-inputs initialised from
-    ``pseudo_init``, a tensor of training images or ``"random"``).
+    ``pseudo_init``, a tensor of training images or ``"random"``). ``body="elu"`` gives the ELU networks
+    of chapter 8 instead (the energy-based priors are built by :func:`mvl.ae.ebm_prior.build_ebm_vae`).
     """
-    encoder = GaussianEncoder(input_dim, latent_dim, (hidden, hidden))
-    decoder = BernoulliDecoder(latent_dim, input_dim, (hidden, hidden))
+    encoder = GaussianEncoder(input_dim, latent_dim, (hidden, hidden), body=body)
+    decoder = BernoulliDecoder(latent_dim, input_dim, (hidden, hidden), body=body)
     if prior == "standard":
         p: Prior = StandardNormal(latent_dim)
     elif prior == "vamp":
@@ -324,6 +361,9 @@ class VAETrainer:
         self.hist: dict[str, Any] = {k: [] for k in HISTORY_KEYS}
         self.step, self.epoch, self.elapsed = 0, 0, 0.0
         self.best, self.best_state, self.best_epoch, self.bad_epochs, self.stopped = -math.inf, None, None, 0, False
+
+    history_keys = HISTORY_KEYS
+    """The per-epoch entries of the history (the run record's ``curve``)."""
 
     @property
     def done(self) -> bool:
@@ -510,6 +550,6 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
 
 __all__ = [
     "ELBO", "VAE", "VAETrainer", "BernoulliDecoder", "GatedDense", "GaussianEncoder", "active_units", "build_vae",
-    "checkpoint_path", "elbo_surgery", "evaluate_elbo", "variance_explained", "gated_mlp", "kl_weight", "load_checkpoint", "save_checkpoint",
+    "checkpoint_path", "elbo_surgery", "elu_mlp", "evaluate_elbo", "variance_explained", "gated_mlp", "kl_weight", "load_checkpoint", "save_checkpoint",
     "train_vae",
 ]
