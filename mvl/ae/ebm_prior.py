@@ -36,7 +36,7 @@ from ..objectives import sm_denoising, sm_mvl, sm_sliced
 from .flows import IAF
 from .mnist import ImageData
 from .priors import GRBM, StandardNormal, VampPrior
-from .vae import VAE, BernoulliDecoder, GaussianEncoder, _train_batches
+from .vae import VAE, BernoulliDecoder, GaussianEncoder, _train_batches, rng_state, set_rng_state
 
 PRIOR_OBJECTIVES = ("elbo", "ssm", "mvl", "dsm", "adversarial", "iw")
 """How the prior is trained (:func:`prior_loss`):
@@ -340,9 +340,7 @@ class EBMPriorTrainer:
             "adversary": copy.deepcopy(self.adversary.state_dict()) if self.adversary is not None else None,
             "adversary_optimizer": copy.deepcopy(self.adv_opt.state_dict()) if self.adv_opt else None,
             "step": self.step, "epoch": self.epoch, "elapsed": self.elapsed, "hist": copy.deepcopy(self.hist),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "generator": self.generator.get_state() if self.generator is not None else None,
+            **rng_state(self.generator),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -358,13 +356,7 @@ class EBMPriorTrainer:
                 mine.load_state_dict(state[key])
         self.step, self.epoch, self.elapsed = state["step"], state["epoch"], state["elapsed"]
         self.hist = copy.deepcopy(state["hist"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        if state.get("generator") is not None:
-            if self.generator is None:
-                raise ValueError("the saved run used a data generator; build the trainer with one")
-            self.generator.set_state(state["generator"])
+        set_rng_state(state, self.generator)
 
 
 def attach_log_partition(grbm: GRBM, log_z: float, log_z_se: float) -> None:

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..fitting import check_finite
 from .mnist import ImageData, data_dir
-from .priors import DiagonalGaussian, Prior, StandardNormal, VampPrior, mixture_log_prob
+from .priors import DiagonalGaussian, MixtureOfGaussians, Prior, StandardNormal, VampPrior, mixture_log_prob
 
 
 class GatedDense(nn.Module):
@@ -233,11 +233,13 @@ def _chunks(total: int, size: int) -> Iterable[int]:
 
 
 def build_vae(prior: str = "standard", latent_dim: int = 40, hidden: int = 300, input_dim: int = 784,
-              n_pseudo: int = 500, pseudo_init: torch.Tensor | str = "random", body: str = "gated") -> VAE:
+              n_pseudo: int = 500, pseudo_init: torch.Tensor | str = "random", body: str = "gated",
+              learn_pseudo_inputs: bool = True) -> VAE:
     """The VampPrior paper's one-layer VAE: gated 2×``hidden`` encoder and decoder, and the named prior.
 
-    ``prior`` is ``"standard"`` (N(0, I)) or ``"vamp"`` (``n_pseudo`` pseudo-inputs initialised from
-    ``pseudo_init``, a tensor of training images or ``"random"``). ``body="elu"`` gives the ELU networks
+    ``prior`` is ``"standard"`` (N(0, I)), ``"vamp"`` (``n_pseudo`` pseudo-inputs initialised from
+    ``pseudo_init``, a tensor of training images or ``"random"``; frozen if ``learn_pseudo_inputs=False``) or
+    ``"mog"`` (a mixture of ``n_pseudo`` free Gaussians, :class:`mvl.ae.priors.MixtureOfGaussians`). ``body="elu"`` gives the ELU networks
     of chapter 8 instead (the energy-based priors are built by :func:`mvl.ae.ebm_prior.build_ebm_vae`).
     """
     encoder = GaussianEncoder(input_dim, latent_dim, (hidden, hidden), body=body)
@@ -245,9 +247,11 @@ def build_vae(prior: str = "standard", latent_dim: int = 40, hidden: int = 300, 
     if prior == "standard":
         p: Prior = StandardNormal(latent_dim)
     elif prior == "vamp":
-        p = VampPrior(encoder, n_pseudo, input_dim, init=pseudo_init)
+        p = VampPrior(encoder, n_pseudo, input_dim, init=pseudo_init, learn_pseudo_inputs=learn_pseudo_inputs)
+    elif prior == "mog":
+        p = MixtureOfGaussians(latent_dim, n_pseudo)
     else:
-        raise ValueError(f"unknown prior {prior!r}: choose 'standard' or 'vamp'")
+        raise ValueError(f"unknown prior {prior!r}: choose 'standard', 'vamp' or 'mog'")
     return VAE(encoder, decoder, p)
 
 
@@ -423,10 +427,7 @@ class VAETrainer:
             "model": copy.deepcopy(self.model.state_dict()), "optimizer": copy.deepcopy(self.opt.state_dict()),
             "step": self.step, "epoch": self.epoch, "elapsed": self.elapsed, "hist": copy.deepcopy(self.hist),
             "best": self.best, "best_state": copy.deepcopy(self.best_state), "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs, "stopped": self.stopped,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "generator": self.generator.get_state() if self.generator is not None else None,
+            "bad_epochs": self.bad_epochs, "stopped": self.stopped, **rng_state(self.generator),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -437,13 +438,26 @@ class VAETrainer:
         self.hist = copy.deepcopy(state["hist"])
         self.best, self.best_state, self.best_epoch = state["best"], copy.deepcopy(state["best_state"]), state["best_epoch"]
         self.bad_epochs, self.stopped = state["bad_epochs"], state["stopped"]
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        if state.get("generator") is not None:
-            if self.generator is None:
-                raise ValueError("the saved run used a data generator; build the trainer with one")
-            self.generator.set_state(state["generator"])
+        set_rng_state(state, self.generator)
+
+
+def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
+    """The random-number states a training run depends on: the global torch (and CUDA) RNG, which draws the
+    posterior samples, and ``generator``, which orders and binarizes the data (part of a trainer's state)."""
+    return {"torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "generator": generator.get_state() if generator is not None else None}
+
+
+def set_rng_state(state: Mapping[str, Any], generator: torch.Generator | None) -> None:
+    """Restore what :func:`rng_state` saved (``generator`` must be given if the run used one)."""
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if state.get("generator") is not None:
+        if generator is None:
+            raise ValueError("the saved run used a data generator; build the trainer with one")
+        generator.set_state(state["generator"])
 
 
 def train_vae(
@@ -550,6 +564,6 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
 
 __all__ = [
     "ELBO", "VAE", "VAETrainer", "BernoulliDecoder", "GatedDense", "GaussianEncoder", "active_units", "build_vae",
-    "checkpoint_path", "elbo_surgery", "elu_mlp", "evaluate_elbo", "variance_explained", "gated_mlp", "kl_weight", "load_checkpoint", "save_checkpoint",
+    "checkpoint_path", "elbo_surgery", "elu_mlp", "evaluate_elbo", "variance_explained", "gated_mlp", "kl_weight", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state",
     "train_vae",
 ]
