@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mvl.ae.priors import LOG_2PI, DiagonalGaussian, StandardNormal, VampPrior, gaussian_log_prob
+from mvl.ae.priors import LOG_2PI, DiagonalGaussian, MixtureOfGaussians, StandardNormal, VampPrior, gaussian_log_prob
 from mvl.ae.vae import GaussianEncoder
 
 
@@ -342,3 +342,36 @@ def test_grbm_exact_log_partition_cache_follows_the_parameters():
         assert torch.allclose(after, -g.free_energy(z) - g.log_partition_exact(), atol=1e-12)
     assert not torch.allclose(before, after)
     assert g.log_prob(z).requires_grad  # with gradients it is recomputed, differentiably
+
+
+def test_mixture_of_gaussians_prior_density_samples_and_gradients():
+    gen = torch.Generator().manual_seed(0)
+    prior = MixtureOfGaussians(2, 3, generator=gen).double()
+    with torch.no_grad():
+        prior.logvars.copy_(torch.log(torch.tensor([[0.5, 0.5], [1.0, 2.0], [0.2, 0.3]], dtype=torch.float64)))
+    z = 3 * torch.randn(6, 2, dtype=torch.float64)
+    direct = sum(torch.distributions.Normal(prior.means[k], (0.5 * prior.logvars[k]).exp()).log_prob(z).sum(-1).exp() / 3
+                 for k in range(3))
+    assert torch.allclose(prior.log_prob(z), direct.log(), rtol=1e-10)
+    # integrates to one on a grid, and samples have the mixture's mean
+    g = torch.linspace(-12, 12, 481, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    assert abs(prior.log_prob(grid).exp().sum().item() * (g[1] - g[0]).item() ** 2 - 1) < 1e-4
+    torch.manual_seed(1)
+    s = prior.sample(200_000)
+    assert torch.allclose(s.mean(0), prior.means.mean(0).detach(), atol=0.02)
+    prior.log_prob(z).sum().backward()
+    assert prior.means.grad.abs().sum() > 0 and prior.logvars.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="n_components"):
+        MixtureOfGaussians(2, 0)
+
+
+def test_vampprior_with_frozen_pseudo_inputs_has_no_pseudo_parameters():
+    enc = small_encoder(7)
+    init = torch.rand(4, 6, dtype=torch.float64)
+    prior = VampPrior(enc, 4, 6, init=init, learn_pseudo_inputs=False).double()
+    own = [n for n, _ in prior.named_parameters() if not n.startswith("encoder.")]
+    assert own == [] and "pseudo_weights" in dict(prior.named_buffers())
+    assert torch.allclose(prior.pseudo_inputs(), init.clamp(0.02, 0.98), atol=1e-6)
+    prior.log_prob(torch.randn(5, 3, dtype=torch.float64)).sum().backward()  # gradients still reach the encoder
+    assert enc.mean.weight.grad.abs().sum() > 0

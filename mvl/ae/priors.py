@@ -115,6 +115,35 @@ class StandardNormal(Prior):
         return torch.randn(_check_n(n), self.dim, device=self._ref.device, dtype=self._ref.dtype)
 
 
+class MixtureOfGaussians(Prior):
+    """A mixture of K diagonal Gaussians with learnable means and log-variances and equal weights (chapter 7).
+
+    The ablation of Tomczak & Welling (2018, section 4) that separates "a prior with many parameters" from
+    "a prior coupled to the encoder": it has as many components as the VampPrior but its components are
+    free parameters, not the encoder's posteriors at pseudo-inputs. Means start N(0, I) (seeded by
+    ``generator``), log-variances at 0. ``log_prob`` is :func:`mixture_log_prob` (float64 inside).
+    """
+
+    def __init__(self, dim: int, n_components: int, generator: torch.Generator | None = None):
+        super().__init__()
+        for name, v in (("dim", dim), ("n_components", n_components)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.dim, self.n_components = dim, n_components
+        self.means = nn.Parameter(torch.randn(n_components, dim, generator=generator))
+        self.logvars = nn.Parameter(torch.zeros(n_components, dim))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) = logsumexp_k log N(z; m_k, diag e^{s_k}) − log K, for ``z`` of shape ``[..., d]``."""
+        return mixture_log_prob(z, self.means, self.logvars)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """Pick a component uniformly, then sample it."""
+        k = torch.randint(0, self.n_components, (_check_n(n),), device=self.means.device)
+        return DiagonalGaussian(self.means[k], self.logvars[k]).rsample()
+
+
 class VampPrior(Prior):
     """The variational mixture of posteriors prior (Tomczak & Welling, 2018, eq. 9; chapter 7).
 
@@ -124,11 +153,13 @@ class VampPrior(Prior):
     [0, 1]. (The paper's code clamps with a hard tanh instead, whose gradient vanishes at exactly 0 or 1,
     i.e. on every background pixel of a pseudo-input initialised from data.) ``init`` is a tensor ``[K, D]``
     of training images in [0, 1] (squeezed into [0.02, 0.98]; the recommended start) or ``"random"``
-    (pixels N(0.05, 0.01²), the paper's default for MNIST).
+    (pixels N(0.05, 0.01²), the paper's default for MNIST). ``learn_pseudo_inputs=False`` keeps them fixed
+    at ``init`` (the ablation of chapter 7: the prior is then the aggregated posterior of K fixed images).
     """
 
     def __init__(self, encoder: Callable[[torch.Tensor], DiagonalGaussian], n_components: int, input_dim: int,
-                 init: torch.Tensor | str = "random", generator: torch.Generator | None = None):
+                 init: torch.Tensor | str = "random", generator: torch.Generator | None = None,
+                 learn_pseudo_inputs: bool = True):
         super().__init__()
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
             raise ValueError(f"the number of pseudo-inputs must be a positive integer, got {n_components!r}")
@@ -145,7 +176,11 @@ class VampPrior(Prior):
         ref = next(iter(encoder.parameters()), None) if isinstance(encoder, nn.Module) else None
         pixels = pixels.to(ref) if ref is not None else pixels  # the encoder's dtype and device
         self.encoder = encoder
-        self.pseudo_weights = nn.Parameter(torch.logit(pixels.clamp(0.02, 0.98)))
+        weights = torch.logit(pixels.clamp(0.02, 0.98))
+        if learn_pseudo_inputs:
+            self.pseudo_weights = nn.Parameter(weights)
+        else:  # frozen pseudo-inputs (chapter 7's ablation): a buffer, saved with the model but never trained
+            self.register_buffer("pseudo_weights", weights)
         self.n_components = n_components
         with torch.no_grad():
             self.dim = int(encoder(self.pseudo_inputs()[:1]).mean.shape[-1])
@@ -379,4 +414,4 @@ class GRBM(Prior):
         return z
 
 
-__all__ = ["DiagonalGaussian", "GRBM", "Prior", "StandardNormal", "VampPrior", "gaussian_log_prob", "mixture_log_prob"]
+__all__ = ["DiagonalGaussian", "GRBM", "MixtureOfGaussians", "Prior", "StandardNormal", "VampPrior", "gaussian_log_prob", "mixture_log_prob"]
