@@ -246,3 +246,30 @@ def test_state_dict_round_trip_continues_bit_for_bit():
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert all(torch.equal(u, v) for u, v in zip(a.adversary.parameters(), b.adversary.parameters()))
     assert {k: v for k, v in a.hist.items() if k != "seconds"} == {k: v for k, v in b.hist.items() if k != "seconds"}
+
+
+def test_the_seed_papers_printed_ssm_sign_fits_the_wrong_thing():
+    """prior_loss's docstring: seed Algorithm 1 prints E_v[vᵀ∇²E v + ½(vᵀ∇E)²]; for q ∝ e^{−E} the Hessian term
+    must enter with a minus sign (sm_sliced). Minimizing the printed loss flattens the GRBM (σ grows), so the
+    exact NLL of the samples rises, where sm_sliced lowers it (checked in the test above)."""
+    from mvl.energies import energy_and_grad
+
+    def printed_ssm(energy, z):
+        z = z.detach().requires_grad_(True)
+        _, g = energy_and_grad(energy, z)
+        v = torch.randn_like(z)
+        (hv,) = torch.autograd.grad((g * v).sum(), z, create_graph=True)
+        return ((hv * v).sum(-1) + 0.5 * ((g * v).sum(-1)) ** 2).mean()
+
+    z, _ = posterior_samples()
+    prior = grbm()
+    opt = torch.optim.Adam(prior.parameters(), lr=2e-2)
+    torch.manual_seed(0)
+    for _ in range(300):
+        opt.zero_grad()
+        printed_ssm(prior, z).backward()
+        opt.step()
+    d = exact_nll(prior, z) - exact_nll(grbm(), z)
+    print(f"printed sign: NLL change {d.mean():.3f} ± {d.std() / math.sqrt(len(d)):.3f}, "
+          f"log σ² {prior.log_var.detach().numpy().round(2)}")
+    assert d.mean() > 5 * d.std() / math.sqrt(len(d)) and (prior.log_var > 0).all()
