@@ -314,6 +314,31 @@ def spos_mvl(
     return out
 
 
+def spos_mvl_released(energy: Energy, x: torch.Tensor, eps: float, w: float, kernel=None) -> torch.Tensor:
+    """The SPOS-MVL estimate as the authors' released code forms it (``euc_spos``; chapter 5, paper note 9).
+
+    A convex combination with weight w of an SVGD step and a Langevin step towards q^{1/2},
+
+        x⁻ = x + (1 − w) ε φ(x) + w (−(ε/2)∇E(x) + √(2ε) ξ),
+
+    with the Brownian increment scaled by w instead of √w, and (E(x) − E(x⁻))/ε plus the control variate
+    w √(2/ε) ξᵀ∇E(x). Only for the chapter's demonstration: its Langevin part tempers the target (its ε → 0
+    objective is minimised by q ∝ p^w). The correct convex combination is :func:`spos_mvl` with step
+    (1 − w) ε and α = w/(1 − w). ``w = 1`` gives :func:`sm_mvl` and ``w = 0`` :func:`ksd_mvl` with
+    ``u_statistic=False``. (The released code also rescales the step per sample; this function does not.)
+    """
+    eps = check_step_size(eps)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+        raise ValueError(f"the weight w must be a number in [0, 1], got {w!r}")
+    kernel = rbf_kernel if kernel is None else kernel
+    x = as_input(x)
+    e, g = energy_and_grad(energy, x)
+    phi = svgd_direction(lambda v: 0.5 * evaluate_energy(energy, v), x, kernel, create_graph=True)
+    xi = torch.randn_like(x)
+    x_minus = x + (1 - w) * eps * phi + w * (-0.5 * eps * g + math.sqrt(2 * eps) * xi)
+    return (e - evaluate_energy(energy, x_minus)) / eps + w * math.sqrt(2 / eps) * (xi * g).sum(-1)
+
+
 # ------------------------------------------------------------ Riemannian score matching on spheres (chapter 6)
 def sm_riemannian_exact(energy: Energy, y: torch.Tensor, sphere) -> torch.Tensor:
     """Exact Riemannian score matching on a sphere (Mardia et al., 2016; paper section 4.1; chapter 6):

@@ -263,3 +263,21 @@ def gradient_snr(draws: torch.Tensor) -> float:
         raise ValueError("the gradient draws do not vary: the SNR is undefined (is the loss stochastic?)")
     signal = max((d.mean(0) ** 2).sum().item() - trace / n, 0.0)
     return math.sqrt(signal / trace)
+
+
+def z_test(values: torch.Tensor) -> dict[str, float]:
+    """z-test of E[values] = 0 from independent values (e.g. paired differences, one per data point).
+
+    Returns ``mean``, its standard error ``se`` = sd/√n, ``z``, the two-sided ``p`` and the minimum detectable
+    effect ``mde`` (:func:`minimum_detectable_effect`). Chapters 3 and 7 report their comparisons with it.
+    """
+    v = values.detach().double().reshape(-1).cpu()
+    if len(v) < 2:
+        raise ValueError(f"a z-test needs at least two values, got {len(v)}")
+    se = v.std().item() / math.sqrt(len(v))
+    mean = v.mean().item()
+    if se == 0:  # constant values (e.g. a model compared with itself): no noise, the difference is exact
+        z = 0.0 if mean == 0 else math.copysign(math.inf, mean)
+    else:
+        z = mean / se
+    return dict(mean=mean, se=se, z=z, p=math.erfc(abs(z) / math.sqrt(2)), mde=minimum_detectable_effect(se))

@@ -8,7 +8,7 @@ import torch
 
 from mvl.data import banana
 from mvl.energies import QuadraticEnergy, ScoreNetEnergy
-from mvl.objectives import ksd, ksd_mvl, sm_exact, spos_mvl
+from mvl.objectives import ksd, ksd_mvl, sm_exact, sm_mvl, spos_mvl, spos_mvl_released
 from mvl.samplers import imq_kernel, rbf_kernel, spos_step, svgd_step
 
 H = 1.5
@@ -140,3 +140,18 @@ def test_spos_step_reduces_to_svgd_and_validates():
         ksd_mvl(energy, x, -1.0)
     with pytest.raises(ValueError, match="two points"):
         ksd_mvl(energy, x[:1], 0.1)
+
+
+def test_released_spos_estimate_reduces_to_mvl_and_ksd_mvl_at_the_ends():
+    torch.manual_seed(0)
+    energy = ScoreNetEnergy(2, hidden=(16,)).double()
+    x = banana(64, seed=1, dtype=torch.float64)
+    torch.manual_seed(3)
+    released = spos_mvl_released(energy, x, 1e-3, w=1.0)
+    torch.manual_seed(3)
+    assert torch.allclose(released, sm_mvl(energy, x, 1e-3), rtol=1e-10, atol=1e-10)
+    torch.manual_seed(3)
+    assert torch.allclose(spos_mvl_released(energy, x, 1e-3, w=0.0), ksd_mvl(energy, x, 1e-3, u_statistic=False),
+                          rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="weight w"):
+        spos_mvl_released(energy, x, 1e-3, w=1.5)

@@ -18,6 +18,7 @@ from mvl.variance import (
     minimum_detectable_effect,
     paired_z_test,
     squared_bias_bound,
+    z_test,
     two_sample_z_test,
     variance,
 )
@@ -188,3 +189,17 @@ def test_minimum_detectable_effect_and_bad_gradient_inputs():
         gradient_draws(lambda: energy.a * float("nan"), [energy.a], 3)
     with pytest.raises(ValueError, match="batch_size"):
         gradient_variance(torch.randn(5, 2), batch_size=0)
+
+
+def test_z_test_of_independent_values():
+    gen = torch.Generator().manual_seed(0)
+    null = torch.randn(10_000, generator=gen, dtype=torch.float64)
+    t = z_test(null)
+    assert abs(t["se"] - 0.01) < 0.0005 and abs(t["z"]) < 4 and 0 <= t["p"] <= 1
+    assert abs(t["mde"] - minimum_detectable_effect(t["se"])) < 1e-15
+    shifted = z_test(null + 0.1)  # a shift of ten standard errors is detected
+    assert shifted["p"] < 1e-3 and abs(shifted["mean"] - t["mean"] - 0.1) < 1e-12
+    with pytest.raises(ValueError, match="at least two"):
+        z_test(torch.ones(1))
+    assert z_test(torch.zeros(5)) == dict(mean=0.0, se=0.0, z=0.0, p=1.0, mde=0.0)  # a model against itself
+    assert z_test(torch.ones(5))["p"] == 0.0
