@@ -199,10 +199,12 @@ def train_recipe(recipe: VAERecipe, *, resume: bool = False, restart: bool = Fal
         "curve": {k: hist[k] for k in trainer.history_keys},
     }
     entry = trained.publish(recipe.name, model.state_dict(), record, out)
-    print(f"{recipe.name}: {'finished' if trainer.done else 'exported'} after {trainer.epoch} epochs; test NLL "
-          f"{metrics['test_nll']:.2f} ± {metrics['test_nll_se'] or 0:.2f}"
-          f"{' (log Z ± %.2f shared)' % metrics['log_z_se'] if 'log_z_se' in metrics else ''} ({recipe.eval_samples} samples, "
-          f"{metrics['test_images']} images); wrote {entry['file']} (sha256 {entry['sha256'][:12]}…)", flush=True)
+    summary = recipe.summary(metrics) if hasattr(recipe, "summary") else (  # e.g. a classifier's accuracy
+        f"test NLL {metrics['test_nll']:.2f} ± {metrics['test_nll_se'] or 0:.2f}"
+        f"{' (log Z ± %.2f shared)' % metrics['log_z_se'] if 'log_z_se' in metrics else ''} ({recipe.eval_samples} samples, "
+        f"{metrics['test_images']} images)")
+    print(f"{recipe.name}: {'finished' if trainer.done else 'exported'} after {trainer.epoch} epochs; {summary}; "
+          f"wrote {entry['file']} (sha256 {entry['sha256'][:12]}…)", flush=True)
     return record
 
 

@@ -9,6 +9,8 @@
 * :mod:`mvl.ae.ebm_prior`: VAEs with energy-based priors: the partition-free bound for the encoder and
   decoder, the prior fitted to the posterior samples by SSM, MVL, DSM, adversarial CD or the IW log Z, and
   the test NLL with an AIS log Z (chapter 8);
+* :mod:`mvl.ae.fid`: the Fréchet distance of classifier features (FID) and the LeNet MNIST classifier behind it
+  (chapter 10);
 * :mod:`mvl.ae.recipes`: the trained models the chapters show, one recipe each (``python -m mvl.train``).
 
 The later chapters add their modules here (energy-based priors, flows, implicit encoders, WAEs, FID). What
@@ -16,6 +18,6 @@ the first half of the book teaches — energies, score-matching objectives, samp
 the top level of :mod:`mvl`, and these modules import it from there.
 """
 
-from . import ebm_prior, flows, mnist, priors, recipes, vae
+from . import ebm_prior, fid, flows, mnist, priors, recipes, vae
 
-__all__ = ["ebm_prior", "flows", "mnist", "priors", "recipes", "vae"]
+__all__ = ["ebm_prior", "fid", "flows", "mnist", "priors", "recipes", "vae"]
