@@ -261,16 +261,22 @@ def lonlat_to_points(lon: torch.Tensor | np.ndarray, lat: torch.Tensor | np.ndar
 
 
 # --------------------------------------------------------------------------------------- von Mises–Fisher
-def log_bessel_iv(order: float, kappa: float) -> float:
-    """log I_ν(κ) computed as log(ive(ν, κ)) + κ, which neither overflows nor underflows for large κ."""
-    return float(np.log(ive(order, kappa)) + kappa)
+def log_bessel_iv(order: float, kappa):
+    """log I_ν(κ) computed as log(ive(ν, κ)) + κ, which neither overflows nor underflows for large κ.
+
+    A float for a scalar κ; an array of κ gives an array (:mod:`mvl.ae.vmf` wraps this for autograd)."""
+    out = np.log(ive(order, kappa)) + kappa
+    return float(out) if np.ndim(out) == 0 else out
 
 
-def mean_resultant_length(dim: int, kappa: float) -> float:
-    """A_d(κ) = I_{d/2}(κ) / I_{d/2−1}(κ) = E‖·‖ of the mean direction: E[μᵀy] under vMF(μ, κ) on S^{d−1}."""
-    if kappa == 0:
-        return 0.0
-    return float(ive(dim / 2, kappa) / ive(dim / 2 - 1, kappa))
+def mean_resultant_length(dim: int, kappa):
+    """A_d(κ) = I_{d/2}(κ) / I_{d/2−1}(κ) = E‖·‖ of the mean direction: E[μᵀy] under vMF(μ, κ) on S^{d−1}.
+
+    A float for a scalar κ; an array of κ gives an array (A_d(0) = 0)."""
+    kappa = np.asarray(kappa, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(kappa == 0, 0.0, ive(dim / 2, kappa) / ive(dim / 2 - 1, kappa))
+    return float(out) if out.ndim == 0 else out
 
 
 class VonMisesFisher:

@@ -11,6 +11,8 @@
   the test NLL with an AIS log Z (chapter 8);
 * :mod:`mvl.ae.fid`: the Fréchet distance of classifier features (FID) and the LeNet MNIST classifier behind it
   (chapter 10);
+* :mod:`mvl.ae.vmf`: the hyperspherical VAE's von Mises–Fisher posterior (reparameterized Wood sampler with
+  the rejection correction, closed-form KL to the uniform prior, encoder; chapter 9);
 * :mod:`mvl.ae.recipes`: the trained models the chapters show, one recipe each (``python -m mvl.train``).
 
 The later chapters add their modules here (energy-based priors, flows, implicit encoders, WAEs, FID). What
@@ -18,6 +20,6 @@ the first half of the book teaches — energies, score-matching objectives, samp
 the top level of :mod:`mvl`, and these modules import it from there.
 """
 
-from . import ebm_prior, fid, flows, mnist, priors, recipes, vae
+from . import ebm_prior, fid, flows, mnist, priors, recipes, vae, vmf
 
-__all__ = ["ebm_prior", "fid", "flows", "mnist", "priors", "recipes", "vae"]
+__all__ = ["ebm_prior", "fid", "flows", "mnist", "priors", "recipes", "vae", "vmf"]
