@@ -76,8 +76,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     * a coordinate with zero variance under both Gaussians (a ReLU feature that is zero on every image) is
       left out of the trace terms, which is exact: its rows and columns of Σ₁Σ₂ vanish (its mean still counts);
     * if a remaining covariance is singular (smallest eigenvalue ≤ ``singular_rtol`` × the largest), or the
-      square root of the product is not finite, ``eps``·I is added to both covariances, with a warning
-      (it changes the result by O(d·√eps) at worst; fit the statistics to more images than feature dimensions);
+      square root of the product is not finite, ``eps``·I is added to both covariances, with a warning, and the
+      distance between the two regularized Gaussians is returned (still 0 for equal statistics; it differs from
+      the exact value by O(d·√eps) at worst; fit the statistics to more images than feature dimensions);
     * Σ₁Σ₂ is not symmetric, so ``sqrtm`` may return a complex matrix; an imaginary part below ``imag_rtol``
       × the largest real entry is rounding error and is dropped, a larger one raises ``ValueError``.
 
@@ -104,8 +105,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         warnings.warn(f"frechet_distance: a covariance is singular (or the square root of their product is not "
                       f"finite); adding {eps:g}·I to both covariances. Estimate the statistics from more images "
                       f"than feature dimensions ({d} varying).", RuntimeWarning, stacklevel=2)
-        offset = eps * np.eye(d)
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        sigma1, sigma2 = sigma1 + eps * np.eye(d), sigma2 + eps * np.eye(d)
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
     if np.iscomplexobj(covmean):
         imag = np.abs(covmean.imag).max()
         scale = max(np.abs(covmean.real).max(), np.finfo(np.float64).tiny)
