@@ -273,3 +273,34 @@ def test_the_seed_papers_printed_ssm_sign_fits_the_wrong_thing():
     print(f"printed sign: NLL change {d.mean():.3f} ± {d.std() / math.sqrt(len(d)):.3f}, "
           f"log σ² {prior.log_var.detach().numpy().round(2)}")
     assert d.mean() > 5 * d.std() / math.sqrt(len(d)) and (prior.log_var > 0).all()
+
+
+def test_adversary_steps_take_that_many_adversary_updates_per_prior_update():
+    x = tiny_images()
+    with pytest.raises(ValueError, match="adversary_steps"):
+        EP.EBMPriorTrainer(tiny_vae(), x, objective="adversarial", adversary_steps=0)
+    counts = {}
+    for k in (1, 3):
+        tr = EP.EBMPriorTrainer(tiny_vae(), x, objective="adversarial", batch_size=32, adversary_steps=k)
+        z, log_q, _, _ = tr.vae_step(x[:32])
+        tr.prior_step(z, log_q)
+        state = tr.adv_opt.state_dict()["state"]
+        counts[k] = int(next(iter(state.values()))["step"])
+        assert int(next(iter(tr.prior_opt.state_dict()["state"].values()))["step"]) == 1
+    assert counts == {1: 1, 3: 3}
+
+
+def test_a_setting_added_later_leaves_the_committed_fingerprints_alone():
+    """``adversary_steps`` was added after the chapter-8 models were committed: at its old value (1) it is not part
+    of the settings, so their fingerprints (stored in their run records) still match; any other value is."""
+    import json
+    from pathlib import Path
+
+    from mvl.ae.recipes import get_recipe
+
+    recipe = get_recipe("ch8-grbm-mvl")
+    record = json.loads((Path(__file__).parents[1] / "trained" / "ch8-grbm-mvl.json").read_text())
+    assert "adversary_steps" not in recipe.settings()
+    assert recipe.fingerprint() == record["fingerprint"]
+    changed = recipe.with_changes(adversary_steps=2)
+    assert changed.settings()["adversary_steps"] == 2 and changed.fingerprint() != recipe.fingerprint()

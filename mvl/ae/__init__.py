@@ -15,6 +15,8 @@
   the rejection correction, closed-form KL to the uniform prior, encoder; chapter 9);
 * :mod:`mvl.ae.wae`: Wasserstein auto-encoders on the sphere or in Rⁿ, regularized by an MVL-fitted marginal
   energy (WAE-MVL) or a discriminator (WAE-GAN) (chapter 10);
+* :mod:`mvl.ae.toy`: VAEs on 2-D toy data with exactly normalized GRBM priors, and the measured error of the
+  importance-weighted log Z (chapter 8);
 * :mod:`mvl.ae.recipes`: the trained models the chapters show, one recipe each (``python -m mvl.train``).
 
 The later chapters add their modules here (energy-based priors, flows, implicit encoders, WAEs, FID). What
@@ -22,6 +24,6 @@ the first half of the book teaches — energies, score-matching objectives, samp
 the top level of :mod:`mvl`, and these modules import it from there.
 """
 
-from . import ebm_prior, fid, flows, mnist, priors, recipes, vae, vmf, wae
+from . import ebm_prior, fid, flows, mnist, priors, recipes, toy, vae, vmf, wae
 
-__all__ = ["ebm_prior", "fid", "flows", "mnist", "priors", "recipes", "vae", "vmf", "wae"]
+__all__ = ["ebm_prior", "fid", "flows", "mnist", "priors", "recipes", "toy", "vae", "vmf", "wae"]

@@ -158,8 +158,9 @@ class EBMPriorTrainer:
     1. z ~ q(z|x) by reparameterization; the encoder and decoder take an Adam step (``lr``) on the partition-free
        bound E_q[log p(x|z) − E(z) − log q(z|x)], differentiated with respect to *their* parameters only
        (``torch.autograd.backward(..., inputs=...)``): the prior gets no gradient from it;
-    2. (``"adversarial"``) the adversary q_ζ, an IAF, takes an Adam step (``adversary_lr``) on
-       :func:`adversary_loss` with ``batch_size`` draws;
+    2. (``"adversarial"``) the adversary q_ζ, an IAF, takes ``adversary_steps`` Adam steps (``adversary_lr``) on
+       :func:`adversary_loss` with ``batch_size`` draws each (the seed takes one; more let it keep up with the
+       energy, which the seed says "is not guaranteed");
     3. the prior takes an Adam step (``prior_lr``) on :func:`prior_loss` at the detached z of step 1.
 
     With ``objective="elbo"`` the prior must be normalized (N(0, I), VampPrior) and everything takes one Adam
@@ -179,10 +180,11 @@ class EBMPriorTrainer:
                  objective: str = "ssm", epochs: int = 100, batch_size: int = 64, lr: float = 1e-3,
                  prior_lr: float = 2e-4, eps: float = 1e-3, n_slices: int = 1, energy_l2: float = 0.0,
                  adversary: IAF | None = None, adversary_lr: float = 1e-3, device: torch.device | str | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, adversary_steps: int = 1):
         if objective not in PRIOR_OBJECTIVES:
             raise ValueError(f"unknown prior objective {objective!r}: choose one of {PRIOR_OBJECTIVES}")
-        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("n_slices", n_slices)):
+        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("n_slices", n_slices),
+                            ("adversary_steps", adversary_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         lr, prior_lr, adversary_lr, eps = (_check_float(v, n) for v, n in (
@@ -200,7 +202,7 @@ class EBMPriorTrainer:
         self.model = model.to(self.device)
         self.train, self.valid = train, (valid.to(self.device) if valid is not None else None)
         self.objective, self.epochs, self.batch_size, self.generator = objective, epochs, batch_size, generator
-        self.eps, self.n_slices = eps, n_slices
+        self.eps, self.n_slices, self.adversary_steps = eps, n_slices, adversary_steps
         self.steps_per_epoch = math.ceil(len(train) / batch_size)
         if objective == "elbo":
             self.vae_params = list(model.parameters())
@@ -266,11 +268,12 @@ class EBMPriorTrainer:
         adv = math.nan
         negatives = None
         if self.adversary is not None:
-            loss_a, _ = adversary_loss(self.energy, self.adversary, z.shape[0])
-            check_finite(loss_a, "the adversary's loss E_q[E(z) + log q(z)]", self.step)
-            self.adv_opt.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss_a, inputs=list(self.adversary.parameters()))
-            self.adv_opt.step()
+            for _ in range(self.adversary_steps):
+                loss_a, _ = adversary_loss(self.energy, self.adversary, z.shape[0])
+                check_finite(loss_a, "the adversary's loss E_q[E(z) + log q(z)]", self.step)
+                self.adv_opt.zero_grad(set_to_none=True)
+                torch.autograd.backward(loss_a, inputs=list(self.adversary.parameters()))
+                self.adv_opt.step()
             adv = loss_a.item()
             negatives = self.adversary.sample(z.shape[0])  # from the updated adversary (Algorithm 2, step 4)
         loss = prior_loss(self.objective, self.energy, z, log_q=log_q, negatives=negatives, eps=self.eps,

@@ -155,28 +155,31 @@ class VampPrior(Prior):
     of training images in [0, 1] (squeezed into [0.02, 0.98]; the recommended start) or ``"random"``
     (pixels N(0.05, 0.01²), the paper's default for MNIST). ``learn_pseudo_inputs=False`` keeps them fixed
     at ``init`` (the ablation of chapter 7: the prior is then the aggregated posterior of K fixed images).
+    ``bounded=False`` is for real-valued data (the 2-D toys of chapter 8): u_k = w_k, unconstrained, ``init``
+    any real tensor ``[K, D]`` (``"random"``: N(0, I)).
     """
 
     def __init__(self, encoder: Callable[[torch.Tensor], DiagonalGaussian], n_components: int, input_dim: int,
                  init: torch.Tensor | str = "random", generator: torch.Generator | None = None,
-                 learn_pseudo_inputs: bool = True):
+                 learn_pseudo_inputs: bool = True, bounded: bool = True):
         super().__init__()
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
             raise ValueError(f"the number of pseudo-inputs must be a positive integer, got {n_components!r}")
         if isinstance(init, str):
             if init != "random":
                 raise ValueError(f"init must be a tensor of K training images or 'random', got {init!r}")
-            pixels = 0.05 + 0.01 * torch.randn(n_components, input_dim, generator=generator)
+            noise = torch.randn(n_components, input_dim, generator=generator)
+            pixels = 0.05 + 0.01 * noise if bounded else noise
         else:
             if tuple(init.shape) != (n_components, input_dim):
                 raise ValueError(f"init must have shape {(n_components, input_dim)}, got {tuple(init.shape)}")
-            if init.min() < 0 or init.max() > 1:
+            if bounded and (init.min() < 0 or init.max() > 1):
                 raise ValueError("init images must have pixel values in [0, 1]")
             pixels = init.detach().float()
         ref = next(iter(encoder.parameters()), None) if isinstance(encoder, nn.Module) else None
         pixels = pixels.to(ref) if ref is not None else pixels  # the encoder's dtype and device
-        self.encoder = encoder
-        weights = torch.logit(pixels.clamp(0.02, 0.98))
+        self.encoder, self.bounded = encoder, bool(bounded)
+        weights = torch.logit(pixels.clamp(0.02, 0.98)) if bounded else pixels.clone()
         if learn_pseudo_inputs:
             self.pseudo_weights = nn.Parameter(weights)
         else:  # frozen pseudo-inputs (chapter 7's ablation): a buffer, saved with the model but never trained
@@ -186,8 +189,8 @@ class VampPrior(Prior):
             self.dim = int(encoder(self.pseudo_inputs()[:1]).mean.shape[-1])
 
     def pseudo_inputs(self) -> torch.Tensor:
-        """The pseudo-inputs u_k = sigmoid(w_k) in (0, 1), shape ``[K, D]``."""
-        return torch.sigmoid(self.pseudo_weights)
+        """The pseudo-inputs u_k = sigmoid(w_k) in (0, 1) (w_k itself if not ``bounded``), shape ``[K, D]``."""
+        return torch.sigmoid(self.pseudo_weights) if self.bounded else self.pseudo_weights
 
     def components(self) -> DiagonalGaussian:
         """The mixture components q(z | u_k), a batch of K diagonal Gaussians."""
