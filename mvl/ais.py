@@ -18,6 +18,10 @@ log Ẑ is biased *low* for log Z, by about Var(w)/(2 n E[w]²) for n chains: a 
 Chapter 8 carries this into the test NLL: with an AIS estimate of the prior's log Z (too low), the
 importance-sampled NLL is biased optimistically.
 
+On a sphere (chapter 9: the hyperspherical VAEs' log p(x)), ``kernel="riemannian_mala"`` with
+``sphere=Sphere(n)`` runs the same scheme with Riemannian MALA transitions; all densities are then w.r.t.
+the sphere's volume measure (the base is typically the uniform prior).
+
 Everything here works on batches of independent AIS problems at once (one per test image): the callables
 map z ``[batch, n_chains, d]`` to ``[batch, n_chains]``; a problem without a batch dimension (z
 ``[n_chains, d]`` → ``[n_chains]``) is the case batch = 1 with the dimension dropped from the result.
@@ -34,7 +38,7 @@ import torch
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
 """z ``[..., n_chains, d]`` → log density ``[..., n_chains]`` (differentiable in z)."""
 
-KERNELS = ("hmc", "mala")
+KERNELS = ("hmc", "mala", "riemannian_mala")
 ADAPT = ("online", "pilot", "none")
 
 
@@ -188,6 +192,47 @@ def _mala(path: _Path, state, beta: float, eps: torch.Tensor, n_leapfrog: int):
     return (zn, lbn, ltn, gbn, gtn), log_alpha
 
 
+def _sphere_path(path: _Path, sphere, y: torch.Tensor):
+    """(log p₀, log f, ∂ₓ log p₀, ∂ₓ log f) at embedded points y ``[batch, n, m]`` of a sphere, the gradients in
+    each point's own stereographic chart (``sphere`` is a :class:`mvl.manifolds.Sphere`; chapter 9)."""
+    b, c, m = y.shape
+    x, s = sphere.to_chart(y.reshape(-1, m))
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        lb = path._call(path.log_base, sphere.from_chart(x, s).reshape(b, c, m), "log_base")
+        gb = _grad(lb, x)  # (a separate from_chart graph for each density: _grad frees the graph)
+        lt = path._call(path.log_target, sphere.from_chart(x, s).reshape(b, c, m), "log_target")
+        gt = _grad(lt, x)
+    return lb.detach(), lt.detach(), gb.reshape(b, c, -1), gt.reshape(b, c, -1)
+
+
+def _riemannian_mala(path: _Path, state, beta: float, eps: torch.Tensor, n_leapfrog: int, sphere=None):
+    """One Riemannian MALA transition on a sphere leaving f_β (a density w.r.t. the volume measure) invariant
+    (chapter 9; the kernel of :func:`mvl.samplers.riemannian_mala_step` with one step size per problem): the
+    Euler–Maruyama proposal of Riemannian Langevin dynamics in the chart of the current point, the reverse
+    move in the chart of the proposal, and the proposal densities of
+    :meth:`mvl.manifolds.Sphere.langevin_log_proposal`. The state's gradients are chart gradients."""
+    y, lb, lt, gb, gt = state
+    b, c, m = y.shape
+    e = eps.expand(b, c, 1).reshape(-1)
+    flat = y.reshape(-1, m)
+    x, s = sphere.to_chart(flat)
+    g_energy = -_mix(beta, gb, gt).reshape(b * c, -1)  # ∂ₓE with E = −log f_β
+    x_prop = x + e[:, None] * sphere.langevin_drift(x, g_energy) + torch.sqrt(2 * e)[:, None] * sphere.chart_noise(x)
+    y_prop = sphere.project(sphere.from_chart(x_prop, s))
+    bad = ~torch.isfinite(y_prop).all(-1)  # an overflowing proposal stays put and is rejected below
+    y_prop = torch.where(bad[:, None], flat, y_prop)
+    lbn, ltn, gbn, gtn = _sphere_path(path, sphere, y_prop.reshape(b, c, m))
+    x_back, s_back = sphere.to_chart(y_prop)
+    # the current point in the proposal's chart; a point at that chart's pole gives inf (then rejected)
+    x_old_back = flat[:, :-1] / (1 + s_back * flat[:, -1])[:, None]
+    log_q = (sphere.langevin_log_proposal(x_back, -_mix(beta, gbn, gtn).reshape(b * c, -1), x_old_back, e)
+             - sphere.langevin_log_proposal(x, g_energy, x_prop, e))
+    log_q = torch.where(bad, torch.full_like(log_q, -math.inf), log_q)
+    log_alpha = _mix(beta, lbn, ltn) - _mix(beta, lb, lt) + log_q.reshape(b, c)
+    return (y_prop.reshape(b, c, m), lbn, ltn, gbn, gtn), log_alpha
+
+
 def _initial_steps(step_size, n_transitions: int, batch: int, adapt: str, dtype, device) -> torch.Tensor:
     """Step sizes ``[T − 1, batch]``: a positive scalar (the starting value when adapting) or a tensor."""
     if isinstance(step_size, (int, float)) and not isinstance(step_size, bool):
@@ -221,6 +266,8 @@ def ais(
     adapt_rate: float = 0.5,
     progress: bool = False,
     desc: str = "AIS",
+    sphere=None,
+    n_steps: int = 1,
 ) -> AISResult:
     """Annealed importance sampling estimate of log ∫ exp(log_target(z)) dz (Neal, 2001; chapter 8).
 
@@ -233,8 +280,13 @@ def ais(
 
     ``kernel="hmc"``: Hamiltonian Monte Carlo, ``n_leapfrog`` leapfrog steps of size ε with unit mass;
     ``kernel="mala"``: the Metropolis-adjusted Langevin algorithm with proposal z + ε∇log f_β + √(2ε)ξ.
-    Both are Metropolis–Hastings corrected, so each leaves its f_β exactly invariant; a proposal where a log
-    density is not finite (a divergent trajectory) is rejected and counted.
+    ``kernel="riemannian_mala"`` (chapter 9) works on the sphere ``sphere`` (a :class:`mvl.manifolds.Sphere`
+    Sⁿ; z are embedded unit vectors ``[..., n+1]``, the densities are w.r.t. the volume measure and the
+    integral is over the sphere): Riemannian MALA, the Riemannian Langevin proposal in each point's
+    stereographic chart with the Metropolis–Hastings ratio of :func:`mvl.samplers.riemannian_mala_step`.
+    All are Metropolis–Hastings corrected, so each leaves its f_β exactly invariant; a proposal where a log
+    density is not finite (a divergent trajectory) is rejected and counted. ``n_steps`` transitions are made
+    at each temperature (the paper's sphere AIS uses 5); acceptance and adaptation use their mean.
 
     Step sizes, one per batch element (all chains of a problem share it), follow ``adapt``:
 
@@ -254,7 +306,11 @@ def ais(
     ``FloatingPointError``. ``progress=True`` shows a ``tqdm.auto`` bar over temperatures.
     """
     if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}: use 'hmc' or 'mala'")
+        raise ValueError(f"unknown kernel {kernel!r}: use 'hmc', 'mala' or 'riemannian_mala' (with sphere=Sphere(n))")
+    if (kernel == "riemannian_mala") != (sphere is not None):
+        raise ValueError("kernel='riemannian_mala' needs sphere=Sphere(n) (the manifold z lives on), and the other "
+                         f"kernels work in R^d without one; got kernel={kernel!r}, sphere={sphere!r}")
+    _check_int(n_steps, "n_steps", minimum=1)
     if adapt not in ADAPT:
         raise ValueError(f"unknown adapt {adapt!r}: use 'online', 'pilot' or 'none'")
     _check_int(n_temperatures, "n_temperatures", minimum=2)
@@ -266,7 +322,8 @@ def ais(
         raise ValueError(f"adapt_rate must be a positive finite number, got {adapt_rate!r}")
     betas = _check_schedule(schedule, n_temperatures)
     kwargs = {"n_temperatures": n_temperatures, "n_chains": n_chains, "kernel": kernel, "n_leapfrog": n_leapfrog,
-              "schedule": betas, "target_accept": target_accept, "adapt_rate": adapt_rate, "progress": progress}
+              "schedule": betas, "target_accept": target_accept, "adapt_rate": adapt_rate, "progress": progress,
+              "sphere": sphere, "n_steps": n_steps}
     if adapt == "pilot":
         pilot = ais(log_base, sample_base, log_target, step_size=step_size, adapt="online",
                     desc=f"{desc} (pilot)", **kwargs)
@@ -283,11 +340,17 @@ def ais(
     batch = z.shape[0]
     path = _Path(log_base, log_target, squeeze)
     eps_all = _initial_steps(step_size, n_temperatures - 1, batch, adapt, z.dtype, z.device)
-    state = (z, *path(z))
+    if sphere is not None:
+        if z.shape[-1] != sphere.ambient_dim:
+            raise ValueError(f"points on {sphere!r} have {sphere.ambient_dim} coordinates, sample_base gave {z.shape[-1]}")
+        sphere.check_points(z.reshape(-1, z.shape[-1]))
+        state = (z, *_sphere_path(path, sphere, z))
+    else:
+        state = (z, *path(z))
     _check_current(state[1], state[2], 0.0)
     log_w = torch.zeros(batch, n_chains, dtype=torch.float64, device=z.device)
     acc_t = torch.zeros(n_temperatures - 1, batch, dtype=torch.float64, device=z.device)
-    step = _hmc if kernel == "hmc" else _mala
+    step = {"hmc": _hmc, "mala": _mala, "riemannian_mala": lambda *a: _riemannian_mala(*a, sphere=sphere)}[kernel]
     n_bad = 0
     temps = range(1, n_temperatures)
     if progress:
@@ -302,16 +365,18 @@ def ais(
             eps = eps_all[t - 1]
         else:
             eps_all[t - 1] = eps
-        proposal, log_alpha = step(path, state, b, eps[:, None, None], n_leapfrog)
-        finite = torch.isfinite(log_alpha)
-        for v in proposal[1:]:
-            finite &= torch.isfinite(v.reshape(*v.shape[:2], -1)).all(-1)
-        n_bad += int((~finite).sum())
-        log_alpha = torch.where(finite, log_alpha, torch.full_like(log_alpha, -math.inf))
-        accept = torch.log(torch.rand_like(log_alpha)) < log_alpha
-        state = tuple(torch.where(accept.view(*accept.shape, *([1] * (new.dim() - 2))), new, old)
-                      for new, old in zip(proposal, state))
-        prob = torch.exp(torch.clamp(log_alpha, max=0.0)).double().mean(1)
+        prob = 0.0
+        for _ in range(n_steps):
+            proposal, log_alpha = step(path, state, b, eps[:, None, None], n_leapfrog)
+            finite = torch.isfinite(log_alpha)
+            for v in proposal[1:]:
+                finite &= torch.isfinite(v.reshape(*v.shape[:2], -1)).all(-1)
+            n_bad += int((~finite).sum())
+            log_alpha = torch.where(finite, log_alpha, torch.full_like(log_alpha, -math.inf))
+            accept = torch.log(torch.rand_like(log_alpha)) < log_alpha
+            state = tuple(torch.where(accept.view(*accept.shape, *([1] * (new.dim() - 2))), new, old)
+                          for new, old in zip(proposal, state))
+            prob = prob + torch.exp(torch.clamp(log_alpha, max=0.0)).double().mean(1) / n_steps
         acc_t[t - 1] = prob
         if adapt == "online":
             eps = eps * torch.exp(adapt_rate * (prob - target_accept)).to(eps.dtype)

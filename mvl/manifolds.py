@@ -216,6 +216,19 @@ class Sphere:
         inv = (1 + r2) ** 2 / 4
         return -beta * inv * g + (1 - log_det_sign * self.n / 2) * (1 + r2) * x
 
+    def langevin_log_proposal(
+        self, x_from: torch.Tensor, g_from: torch.Tensor, x_to: torch.Tensor, eps, beta: float = 1.0
+    ) -> torch.Tensor:
+        """log density w.r.t. the volume measure of the Euler–Maruyama proposal of Riemannian Langevin dynamics
+        (the Metropolis–Hastings ratio of Riemannian MALA; chapters 6 and 9): the chart Gaussian
+        N(x_to; x + εV(x), 2ε G(x)⁻¹) divided by the volume element √|G(x_to)|. ``g_from`` = ∂ₓE at x_from;
+        ``eps`` is a float or a tensor ``[batch]`` of per-point steps (AIS adapts one per problem)."""
+        eps_col = eps[:, None] if torch.is_tensor(eps) else eps
+        mean = x_from + eps_col * self.langevin_drift(x_from, g_from, beta)
+        var = 2 * eps / self.conformal_factor(x_from)  # 2ε λ⁻², the same in every coordinate
+        log_gauss = -0.5 * self.n * torch.log(2 * math.pi * var) - ((x_to - mean) ** 2).sum(-1) / (2 * var)
+        return log_gauss - 0.5 * self.log_det_metric(x_to)
+
     def chart_noise(self, x: torch.Tensor) -> torch.Tensor:
         """z ~ N(0, G(x)⁻¹) in the chart: a standard normal scaled by (1 + ‖x‖²)/2."""
         return torch.randn_like(x) * ((1 + (x**2).sum(-1, keepdim=True)) / 2)

@@ -284,12 +284,9 @@ def riemannian_langevin_chain(
 
 def _log_proposal_density(sphere, x_from: torch.Tensor, g_from: torch.Tensor, x_to: torch.Tensor, eps: float, beta: float) -> torch.Tensor:
     """log of the Euler–Maruyama proposal density of :func:`riemannian_langevin_step` w.r.t. the volume
-    measure: the chart Gaussian N(x_to; x + εV(x), 2ε G(x)⁻¹) divided by the volume element √|G(x_to)|."""
-    mean = x_from + eps * sphere.langevin_drift(x_from, g_from, beta)
-    var = 2 * eps / sphere.conformal_factor(x_from)  # 2ε λ⁻², the same in every coordinate
-    n = x_from.shape[1]
-    log_gauss = -0.5 * n * torch.log(2 * math.pi * var) - ((x_to - mean) ** 2).sum(-1) / (2 * var)
-    return log_gauss - 0.5 * sphere.log_det_metric(x_to)
+    measure: the chart Gaussian N(x_to; x + εV(x), 2ε G(x)⁻¹) divided by the volume element √|G(x_to)|
+    (:meth:`mvl.manifolds.Sphere.langevin_log_proposal`, shared with the sphere kernel of :func:`mvl.ais.ais`)."""
+    return sphere.langevin_log_proposal(x_from, g_from, x_to, eps, beta)
 
 
 def riemannian_mala_step(
