@@ -13,7 +13,7 @@ a density w.r.t. the surface (Hausdorff) measure, and the uniform prior on the s
   functions, built on :func:`mvl.manifolds.log_bessel_iv` and :func:`mvl.manifolds.mean_resultant_length`
   (exponentially scaled Bessel functions of scipy, stable at large κ) with the derivative
   d/dκ log I_ν(κ) = I_{ν+1}(κ)/I_ν(κ) + ν/κ;
-* :class:`VonMisesFisherEncoder`: the explicit hyperspherical encoder, x → 256 tanh → 256 tanh → (μ, κ),
+* :class:`VonMisesFisherEncoder`: the explicit hyperspherical encoder, x → 256 → 256 → (μ, κ),
   μ normalized onto the sphere and κ = softplus(·) + 1; :class:`HypersphericalUniform`: the prior.
 
 **Which gradient estimator, and why.** The component w = μᵀz has density ∝ e^{κw}(1 − w²)^{(m−3)/2} on
@@ -300,27 +300,36 @@ def vmf_elbo(model, x: torch.Tensor, beta: float = 1.0):
 
 
 # ---------------------------------------------------------------------------------- encoder and prior
-def tanh_mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """Affine layers ``sizes[0] → … → sizes[-1]``, each followed by tanh: the hidden stacks of the chapter-9
-    models (the authors' ``thu-ml/wmvl`` uses tanh, 256 units, two layers, in every network)."""
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+
+
+def hidden_stack(sizes: Sequence[int], activation: str = "tanh") -> nn.Sequential:
+    """Affine layers ``sizes[0] → … → sizes[-1]``, each followed by ``activation``: the hidden layers of the
+    chapter-9 encoders and decoders (energies use :func:`mvl.energies.mlp`, which admits smooth activations
+    only). The authors' ``thu-ml/wmvl`` uses two layers of 256 units everywhere, tanh in the implicit models
+    and their energies, ReLU (the default of its ``ExplicitAE``) in the explicit ones."""
     if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
         raise ValueError(f"sizes must list at least two positive integers, got {sizes!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}: choose one of {sorted(ACTIVATIONS)}")
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.Tanh()]
+        layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
     return nn.Sequential(*layers)
 
 
 class VonMisesFisherEncoder(nn.Module):
     """The explicit hyperspherical encoder q(z|x) = vMF(μ(x), κ(x)) on Sⁿ ⊂ Rⁿ⁺¹ (Davidson et al., 2018; chapter 9):
-    x → 256 tanh → 256 tanh, then an affine map to n + 1 values, normalized to μ, and one value for
-    κ = softplus(·) + 1 (κ ≥ 1 keeps the Bessel functions far from underflow and the posterior from the
-    uniform). ``sphere_dim`` is n (S⁸ for the paper's n_z = 8)."""
+    x → 256 → 256 (ReLU, as the released ``ExplicitAE``; ``activation`` changes it), then an affine map to
+    n + 1 values, normalized to μ, and one value for κ = softplus(·) + 1 (the "+ 1 prevents collapse" of the
+    released code; κ ≥ 1 also keeps the Bessel functions far from underflow). ``sphere_dim`` is n (S⁸ for
+    the paper's n_z = 8)."""
 
-    def __init__(self, input_dim: int = 784, sphere_dim: int = 8, hidden: Sequence[int] = (256, 256)):
+    def __init__(self, input_dim: int = 784, sphere_dim: int = 8, hidden: Sequence[int] = (256, 256),
+                 activation: str = "relu"):
         super().__init__()
         self.input_dim, self.sphere_dim = input_dim, Sphere(sphere_dim).n
-        self.body = tanh_mlp([input_dim, *hidden])
+        self.body = hidden_stack([input_dim, *hidden], activation)
         self.loc = nn.Linear(hidden[-1], sphere_dim + 1)
         self.kappa = nn.Linear(hidden[-1], 1)
 
@@ -349,5 +358,5 @@ class HypersphericalUniform(nn.Module):
 
 __all__ = [
     "HypersphericalUniform", "VonMisesFisherEncoder", "VonMisesFisherPosterior", "bessel_ratio",
-    "expectation_surrogate", "log_bessel", "tanh_mlp", "vmf_elbo",
+    "expectation_surrogate", "hidden_stack", "log_bessel", "vmf_elbo",
 ]
