@@ -156,7 +156,7 @@ def test_the_committed_models_match_their_manifest():
         assert entry["recipe_version"] == get_recipe(name).version, f"{name}: stale committed model"
         record = json.loads((trained.TRAINED_DIR / entry["record"]).read_text())
         assert record["recipe"] == name and record["epochs"] == entry["epochs"]
-        assert record["metrics"]["test_nll"] == entry["metrics"]["test_nll"]
+        assert record["metrics"] == entry["metrics"]  # whatever the recipe measures (NLL, accuracy, FID)
         total += entry["bytes"]
     assert total <= trained.MAX_TOTAL_BYTES
 
