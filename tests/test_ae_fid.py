@@ -195,10 +195,11 @@ def lenet():
 
 
 def test_the_committed_classifier_reaches_99_percent_on_the_binarized_test_set(lenet):
-    """The whole statically binarized test set (n = 10 000): the binomial s.e. of the accuracy is
-    √(a(1 − a)/n) ≈ 0.09 % at a = 99.2 %, so 99 % is ≈ 2 s.e. below the point estimate; random weights (10 %)
-    or a classifier fed the wrong input scaling fail by a wide margin. The accuracy is also the one the run
-    record stores: the committed weights are the evaluated ones."""
+    """The whole statically binarized test set (n = 10 000; 9 s on one core, so no smaller slice is needed):
+    the committed weights score 99.07 %, binomial s.e. √(a(1 − a)/n) = 0.10 % — the criterion ≥ 99 % holds on
+    these images, but only 0.7 s.e. above the threshold as an estimate of accuracy on new digits. Random
+    weights (≈ 10 %) or the wrong input scaling fail by a wide margin; the accuracy also equals the run
+    record's, so the committed weights are the evaluated ones."""
     model, record = lenet
     test = mnist("test", binarize="static")
     x, y = test.tensor(), test.labels
