@@ -191,7 +191,8 @@ def iw_log_partition(model: VAE, x: torch.Tensor) -> tuple[float, float]:
 @torch.no_grad()
 def toy_nll(model: VAE, x: torch.Tensor, n_samples: int = 1000) -> dict[str, float]:
     """Held-out NLL of a toy VAE, −log p(x) by importance sampling (``n_samples`` per point), with the
-    prior normalized exactly (the GRBM's exact log Z): mean, standard error over points, median ESS.
+    prior normalized exactly (the GRBM's exact log Z): mean, standard error over points, median ESS, and the
+    per-point values (``per_point``, for paired comparisons of models on the same points).
     The expectation of the estimate is an upper bound on the true NLL (the importance-sampled log p(x)
     is a stochastic lower bound), and no estimate of log Z enters it."""
     if isinstance(model.prior, GRBM) and model.prior.n_hidden > GRBM.max_exact_hidden:
@@ -200,7 +201,7 @@ def toy_nll(model: VAE, x: torch.Tensor, n_samples: int = 1000) -> dict[str, flo
     est = model.importance_estimates(x, n_samples)
     nll = -est["log_px"].double()
     return {"nll": nll.mean().item(), "se": (nll.std() / math.sqrt(len(nll))).item(),
-            "ess_median": est["ess"].median().item()}
+            "ess_median": est["ess"].median().item(), "per_point": nll}
 
 
 @torch.no_grad()
