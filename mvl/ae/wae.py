@@ -16,14 +16,16 @@ with c the Bernoulli cross-entropy of the decoder's logits and λ = 10. Two choi
   (:func:`discriminator_loss`), and the non-saturating generator loss −E log σ(D(f(x))) as the divergence
   term (:func:`gan_generator_loss`).
 
-Architecture (the authors' released ``src/models.py``, ``ImplicitAE`` with ``eps_dim = 0``, which the chapter
-9 implicit VAE shares): encoder 784 → 256 tanh → 256 tanh → n+1, normalized onto Sⁿ (``latent="sphere"``), or
+Architecture (the authors' released ``src/models.py``, ``ImplicitAE`` with ``eps_dim = 0``: chapter 9's
+implicit encoder without its noise input, as their WAE script runs it): encoder 784 → 256 tanh → 256 tanh → n+1, normalized onto Sⁿ (``latent="sphere"``), or
 → n (``"euclidean"``); the decoder, the energy and the discriminator see z·√(n+1) on the sphere (the
 authors' ``rescale_sph_latent``, so that codes have norm ~√dim as in the Euclidean case) and z in Rⁿ; decoder
 → 256 tanh → 256 tanh → 784 logits. The energy is the score-net-inspired E(z) = z̃ᵀψ(z̃), ψ: 2 × 256 tanh
 (:class:`mvl.energies.ScoreNetEnergy` on z̃ = scaled z); the discriminator a 2 × 256 tanh MLP with one logit.
 Both are penalized by λ_E · mean(value²) with λ_E = 10⁻⁵ (the released code's ``grad_penalty``, which is an
-L2 penalty on the *outputs*, not a gradient penalty). RMSProp 10⁻³ for every network, batch 128.
+L2 penalty on the *outputs*, not a gradient penalty; for the energy it also penalizes E at the points after
+the Langevin step, which lie O(√ε) from the codes, here only E at the codes). RMSProp 10⁻³ for every network,
+batch 128.
 """
 
 from __future__ import annotations
