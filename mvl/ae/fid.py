@@ -273,8 +273,11 @@ def fid_sanity_checks(classifier: LeNet, reference: torch.Tensor, held_out: torc
     * ``held_out``: FID of other real digits (held-out training images) — small;
     * ``flip``: FID of ``held_out`` with pixels flipped with each probability in ``flip_probs`` — increasing;
     * ``blur``: FID of ``held_out`` blurred with each σ in ``blur_sigmas`` — increasing;
-    * ``collapsed``: FID of a collapsed generator, ``len(held_out)`` copies of one held-out image (tiny
-      pixel noise, p = 0.01, keeps its covariance non-singular) — large.
+    * ``collapsed``: FID of a collapsed generator, ``len(held_out)`` copies of one held-out image with 1 % of
+      its pixels flipped at random (so that its features vary a little, as a collapsed sampler's would) — large.
+
+    ``held_out`` should be digits the classifier never saw (the ``valid`` split for ``ch10-lenet``). The blurred
+    images are gray levels, the others binary.
     """
     g = torch.Generator().manual_seed(seed)
     f_ref = classifier_features(classifier, reference)
