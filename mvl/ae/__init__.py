@@ -15,6 +15,8 @@
   the rejection correction, closed-form KL to the uniform prior, encoder; chapter 9);
 * :mod:`mvl.ae.implicit`: implicit encoders z = f(x, ξ) whose entropy gradient (eq. 19) comes from a
   conditional energy fitted by (Riemannian) MVL, and their training step (chapter 9);
+* :mod:`mvl.ae.sphere_vae`: the four models of chapter 9's Table 1 (explicit/implicit × sphere/Euclidean),
+  their resumable training loop and their test NLL by AIS (Riemannian MALA on the sphere);
 * :mod:`mvl.ae.wae`: Wasserstein auto-encoders on the sphere or in Rⁿ, regularized by an MVL-fitted marginal
   energy (WAE-MVL) or a discriminator (WAE-GAN) (chapter 10);
 * :mod:`mvl.ae.toy`: VAEs on 2-D toy data with exactly normalized GRBM priors, and the measured error of the
@@ -26,6 +28,6 @@ the first half of the book teaches — energies, score-matching objectives, samp
 the top level of :mod:`mvl`, and these modules import it from there.
 """
 
-from . import ebm_prior, fid, flows, implicit, mnist, priors, recipes, toy, vae, vmf, wae
+from . import ebm_prior, fid, flows, implicit, mnist, priors, recipes, sphere_vae, toy, vae, vmf, wae
 
-__all__ = ["ebm_prior", "fid", "flows", "implicit", "mnist", "priors", "recipes", "toy", "vae", "vmf", "wae"]
+__all__ = ["ebm_prior", "fid", "flows", "implicit", "mnist", "priors", "recipes", "sphere_vae", "toy", "vae", "vmf", "wae"]

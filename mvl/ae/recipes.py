@@ -527,6 +527,113 @@ class WAERecipe:
                 f"{metrics['test_reconstruction_se']:.2f}")
 
 
+@dataclass(frozen=True)
+class Table1Recipe:
+    """A VAE of chapter 9's Table 1 (WMVL paper §6.2.1, App. E.2; :mod:`mvl.ae.sphere_vae`): ``encoder`` =
+    ``"explicit"`` (vMF posterior on the sphere, softplus-Gaussian in Rⁿ) or ``"implicit"`` (z = f(x, ξ), entropy
+    gradient from a conditional energy fitted by MVL with step ``eps`` and L2 weight ``energy_l2``); ``latent`` =
+    ``"sphere"`` (Sⁿ, uniform prior) or ``"euclidean"`` (Rⁿ, N(0, I)); RMSProp ``lr``, batch ``batch_size``,
+    ``steps`` updates over the first ``n_train`` training images binarized afresh each pass. Evaluated by AIS
+    from the prior on ``eval_images`` statically binarized test images (``ais_temperatures`` sigmoid temperatures,
+    ``ais_chains`` chains; Riemannian MALA with ``ais_steps`` steps per temperature on the sphere, HMC with 10
+    leapfrog steps in Rⁿ) and, for the explicit models, the IWAE bound with ``iwae_samples`` samples.
+    From the authors' ``src/mnist.py``/``models.py``: 2 × 256 units, ReLU (explicit) or tanh (implicit), z·√(n+1)
+    into the decoder and energy, noise size n, κ = softplus + 1, RMSProp 1e-3, batch 128, 10⁵ iterations, L2 1e-4
+    (``vae-implicit.py``); chosen here: 50 000 training images (the authors' ``-test`` runs use all 60 000), a
+    statically binarized test set (they binarize it afresh), torch's RMSProp accumulator starting at 0."""
+
+    name: str
+    version: int
+    chapter: int
+    description: str
+    encoder: str = "implicit"
+    latent: str = "sphere"
+    n: int = 8
+    hidden: int = 256
+    steps: int = 100_000
+    batch_size: int = 128
+    lr: float = 1e-3
+    eps: float = 1e-3
+    energy_l2: float = 1e-4
+    n_train: int = 50_000
+    n_valid: int = 10_000
+    eval_images: int = 10_000
+    ais_temperatures: int = 1000
+    ais_chains: int = 16
+    ais_steps: int = 5
+    iwae_samples: int = 1000
+    seed: int = 0
+    eval_samples = 0  # a class attribute (not a setting): AIS, not importance sampling, gives the test NLL
+
+    def __post_init__(self):
+        from .sphere_vae import ENCODERS, LATENTS
+
+        if self.encoder not in ENCODERS or self.latent not in LATENTS:
+            raise ValueError(f"recipe {self.name}: encoder must be one of {ENCODERS} and latent one of {LATENTS}; "
+                             f"got {self.encoder!r}, {self.latent!r}")
+        for field in ("n", "hidden", "steps", "batch_size", "n_train", "n_valid", "eval_images", "ais_temperatures",
+                      "ais_chains", "ais_steps", "iwae_samples"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"recipe {self.name}: {field} must be a positive integer, got {value!r}")
+        for field in ("lr", "eps"):
+            if not (math.isfinite(getattr(self, field)) and getattr(self, field) > 0):
+                raise ValueError(f"recipe {self.name}: {field} must be a positive number")
+        if not (math.isfinite(self.energy_l2) and self.energy_l2 >= 0):
+            raise ValueError(f"recipe {self.name}: energy_l2 must be >= 0")
+
+    settings = VAERecipe.settings
+    fingerprint = VAERecipe.fingerprint
+    with_changes = VAERecipe.with_changes
+
+    @property
+    def epochs(self) -> int:
+        """Passes over the training images that ``steps`` updates take (the last one may be partial)."""
+        return math.ceil(self.steps / math.ceil(self.n_train / self.batch_size))
+
+    def budget(self) -> str:
+        kernel = (f"Riemannian MALA x {self.ais_steps}" if self.latent == "sphere" else "HMC (10 leapfrog)")
+        return (f"{self.steps} steps ({self.epochs} epochs), batch {self.batch_size}, {self.n_train} images; evaluation: "
+                f"AIS {self.ais_temperatures} temperatures x {self.ais_chains} chains ({kernel}) on {self.eval_images} "
+                f"test images")
+
+    def build(self, train_probs: torch.Tensor | None = None):
+        """The untrained model, seeded (``train_probs`` is ignored)."""
+        torch.manual_seed(self.seed)
+        return self.skeleton()
+
+    def skeleton(self):
+        from .sphere_vae import build_model
+
+        return build_model(self.encoder, self.latent, self.n, self.hidden)
+
+    def trainer(self, model, train, valid, device, generator):
+        from .sphere_vae import Table1Trainer
+
+        return Table1Trainer(model, train, valid, self.steps, self.batch_size, self.lr, self.eps, self.energy_l2,
+                             device, generator)
+
+    def evaluate_model(self, model, test: torch.Tensor) -> dict[str, Any]:
+        from .sphere_vae import evaluate
+
+        return evaluate(model, test, self.ais_temperatures, self.ais_chains, self.ais_steps, 10, self.iwae_samples,
+                        self.seed)
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        iw = f"; IWAE NLL {metrics['iwae_nll']:.2f} ({self.iwae_samples} samples)" if "iwae_nll" in metrics else ""
+        return (f"test NLL {metrics['test_nll']:.2f} ± {metrics['test_nll_se'] or 0:.2f} by AIS ({self.ais_temperatures} "
+                f"temperatures x {self.ais_chains} chains, {metrics['test_images']} images){iw}")
+
+
+def _ch9(encoder: str, latent: str, n: int) -> Table1Recipe:
+    what = {"explicit": {"sphere": "vMF posterior", "euclidean": "Gaussian posterior"},
+            "implicit": {"sphere": "implicit encoder, Riemannian MVL conditional energy",
+                         "euclidean": "implicit encoder, MVL conditional energy"}}[encoder][latent]
+    space = f"S^{n}, uniform prior" if latent == "sphere" else f"R^{n}, N(0, I) prior"
+    return Table1Recipe(f"ch9-{encoder}-{latent}-{n}", 1, 9, f"MNIST VAE (WMVL Table 1), {what}, {space}",
+                        encoder=encoder, latent=latent, n=n)
+
+
 def _ch8(name: str, description: str, **settings: Any) -> EBMPriorRecipe:
     return EBMPriorRecipe(name, 1, 8, description, **settings)
 
@@ -570,6 +677,7 @@ RECIPES: dict[str, VAERecipe] = {
                   latent="sphere", regularizer="gan"),
         WAERecipe("ch10-wae-gan-euclidean", 1, 10, "MNIST WAE (WMVL Table 2), codes in R^8, N(0, I) prior, GAN discriminator",
                   latent="euclidean", regularizer="gan"),
+        *(_ch9(e, lat, n) for n in (8, 32) for e in ("explicit", "implicit") for lat in ("euclidean", "sphere")),
     )
 }
 """Every recipe of the book, by name."""
@@ -584,4 +692,4 @@ def get_recipe(name: str) -> VAERecipe:
                        f"(python -m mvl.train --list)") from None
 
 
-__all__ = ["ClassifierRecipe", "EBMPriorRecipe", "RECIPES", "VAERecipe", "WAERecipe", "get_recipe"]
+__all__ = ["ClassifierRecipe", "EBMPriorRecipe", "RECIPES", "Table1Recipe", "VAERecipe", "WAERecipe", "get_recipe"]
