@@ -198,6 +198,8 @@ class Table1Trainer:
         val = self.validate(self.valid) if self.valid is not None else (math.nan, math.nan)
         self.elapsed += time.perf_counter() - start
         means = (sums / max(count, 1)).tolist()
+        if not self.implicit:
+            means[2] = None  # no energy (a NaN would make the run record's JSON non-standard)
         for k, v in zip(HISTORY_KEYS, (self.epoch, self.step, *means, *val, self.elapsed)):
             self.hist[k].append(v)
         return {"elbo": val[0], "reconstruction": val[1]}
