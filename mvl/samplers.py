@@ -331,7 +331,8 @@ def riemannian_mala_chain(
     energy: Energy, y0: torch.Tensor, sphere, eps: float, n_steps: int, beta: float = 1.0, progress: bool = False
 ) -> tuple[torch.Tensor, float]:
     """Run ``n_steps`` of :func:`riemannian_mala_step` from ``y0``; returns the final points and the mean
-    acceptance rate over all steps and chains (chapter 6; chapter 9 uses it for AIS on the sphere)."""
+    acceptance rate over all steps and chains (chapter 6; the sphere kernel of :func:`mvl.ais.ais`, chapter 9, makes
+    the same moves with one adapted step size per AIS problem)."""
     y = y0.detach()
     accepted = 0.0
     for _ in _chain_steps(n_steps, progress, "Riemannian MALA"):
