@@ -101,7 +101,7 @@ def test_a_tiny_recipe_trains_checkpoints_resumes_bit_for_bit_and_evaluates(tmp_
         assert all(math.isfinite(v) for v in one["curve"]["train_energy_mvl"])
     else:
         assert one["curve"]["train_energy_mvl"] == [None] * 3
-    model, record = T.load_trained(recipe, folder=tmp_path / "a/out")
+    _, record = T.load_trained(recipe, folder=tmp_path / "a/out")
     assert record["metrics"]["test_nll"] == m["test_nll"]
 
 

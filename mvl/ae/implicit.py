@@ -180,7 +180,7 @@ class ImplicitVAE(nn.Module):
             with torch.no_grad():
                 z = self.encoder(x)
         z = z.detach()
-        en = lambda y: self.energy(y, x)  # noqa: E731 (the batch rows of y and x are aligned)
+        en = lambda y: self.energy(y, x)  # the batch rows of y and x are aligned
         if self.sphere is not None:
             j = sm_riemannian_mvl(en, z, self.sphere, eps, rescale=True)
         else:
