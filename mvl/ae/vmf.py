@@ -348,12 +348,15 @@ class HypersphericalUniform(nn.Module):
         super().__init__()
         self.sphere = Sphere(sphere_dim)
         self.dim = self.sphere.ambient_dim
+        self.register_buffer("_ref", torch.zeros(()), persistent=False)  # samples follow .to(device/dtype)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return torch.full(z.shape[:-1], -self.sphere.log_volume(), dtype=z.dtype, device=z.device)
 
+    @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        return self.sphere.uniform(n, dtype=torch.get_default_dtype())
+        """``n`` uniform points ``[n, n+1]`` in the dtype and on the device of the module."""
+        return self.sphere.uniform(n, dtype=self._ref.dtype).to(self._ref.device)
 
 
 __all__ = [
