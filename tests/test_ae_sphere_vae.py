@@ -124,5 +124,11 @@ def test_the_chapter_9_recipes_follow_the_paper():
         Table1Recipe("bad", 1, 9, "bad", encoder="amortized")
     with pytest.raises(ValueError, match="ais_chains"):
         tiny(ais_chains=0)
+    # the energy form (added after the first runs) stays out of the default recipes' fingerprints
+    assert "energy_form" not in tiny().settings() and tiny(energy_form="ffn").settings()["energy_form"] == "ffn"
+    assert tiny(energy_form="ffn").fingerprint() != tiny().fingerprint()
+    assert tiny(energy_form="ffn").skeleton().energy.form == "ffn"
+    with pytest.raises(ValueError, match="energy_form"):
+        tiny(energy_form="score")
     with pytest.raises(ValueError, match="encoder must be"):
         build_model("explicit", "torus")

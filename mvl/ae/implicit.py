@@ -103,28 +103,39 @@ class LatentDecoder(BernoulliDecoder):
         return self.logits(self.body(self.scale * z))
 
 
+ENERGY_FORMS = ("zpsi", "ffn")
+
+
 class ConditionalEnergy(nn.Module):
     """E_θ(z|x) = ⟨ψ(s z, x), s z⟩, ψ: concat(s z, x) → hidden (tanh) → ``code_dim`` (chapter 9; s =
-    ``scale``). The zᵀψ form (chapter 1) makes −∇_z E a conservative field; the energy is defined on all of
-    R^{code_dim}, and on the sphere only its values on Sⁿ matter. ``forward(z, x)``: z ``[..., n, code_dim]``,
-    x ``[n, D]`` → ``[..., n]``."""
+    ``scale``). The energy is defined on all of R^{code_dim}, and on the sphere only its values on Sⁿ matter.
+    ``forward(z, x)``: z ``[..., n, code_dim]``, x ``[n, D]`` → ``[..., n]``.
+
+    ``form="ffn"`` is the ablation of the paper's §6.2 ("directly using a feed-forward network for E does not
+    work well in practice"): E = ψ(s z, x) with a scalar output. Either form's −∇_z E is a gradient field;
+    zᵀψ is the paper's way to start from a score-network-like ψ (Song et al., 2019, fit the vector ψ itself
+    as the score, which need not be conservative) and make it one."""
 
     def __init__(self, code_dim: int, input_dim: int = 784, hidden: Sequence[int] = (256, 256),
-                 activation: str = "tanh", scale: float = 1.0):
+                 activation: str = "tanh", scale: float = 1.0, form: str = "zpsi"):
         super().__init__()
+        if form not in ENERGY_FORMS:
+            raise ValueError(f"unknown energy form {form!r}: choose one of {ENERGY_FORMS}")
+        self.form = form
         self.code_dim = _check_dim("code_dim", code_dim)
         self.input_dim = _check_dim("input_dim", input_dim)
         if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.scale = float(scale)
-        self.psi = mlp([code_dim + input_dim, *hidden, code_dim], activation)
+        self.psi = mlp([code_dim + input_dim, *hidden, code_dim if form == "zpsi" else 1], activation)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if z.shape[-1] != self.code_dim or x.shape[-1] != self.input_dim:
             raise ValueError(f"z must end in {self.code_dim} and x in {self.input_dim} coordinates, got "
                              f"{tuple(z.shape)} and {tuple(x.shape)}")
         sz = self.scale * z
-        return (self.psi(torch.cat([sz, x.expand(*z.shape[:-1], x.shape[-1])], -1)) * sz).sum(-1)
+        out = self.psi(torch.cat([sz, x.expand(*z.shape[:-1], x.shape[-1])], -1))
+        return (out * sz).sum(-1) if self.form == "zpsi" else out[..., 0]
 
 
 def conditional_score(energy: ConditionalEnergy, z: torch.Tensor, x: torch.Tensor, sphere: Sphere | None = None) -> torch.Tensor:
@@ -208,13 +219,14 @@ class ImplicitELBO(NamedTuple):
 
 
 def build_implicit_vae(latent_dim: int = 8, spherical: bool = True, input_dim: int = 784, hidden: int = 256,
-                       noise_dim: int | None = None) -> ImplicitVAE:
+                       noise_dim: int | None = None, energy_form: str = "zpsi") -> ImplicitVAE:
     """The chapter-9 implicit VAE with the released code's sizes (two hidden layers of ``hidden`` tanh units in
-    every network; codes on Sⁿ scaled by √(n+1) before the decoder and the energy)."""
+    every network; codes on Sⁿ scaled by √(n+1) before the decoder and the energy; ``energy_form`` as in
+    :class:`ConditionalEnergy`)."""
     enc = ImplicitEncoder(input_dim, latent_dim, noise_dim, (hidden, hidden), spherical)
     scale = latent_scale(latent_dim, spherical)
     dec = LatentDecoder(enc.code_dim, input_dim, (hidden, hidden), "tanh", scale)
-    energy = ConditionalEnergy(enc.code_dim, input_dim, (hidden, hidden), "tanh", scale)
+    energy = ConditionalEnergy(enc.code_dim, input_dim, (hidden, hidden), "tanh", scale, energy_form)
     prior = HypersphericalUniform(latent_dim) if spherical else StandardNormal(latent_dim)
     return ImplicitVAE(enc, dec, energy, prior)
 
@@ -262,6 +274,6 @@ class ImplicitVAETrainer:
 
 
 __all__ = [
-    "ConditionalEnergy", "ImplicitELBO", "ImplicitEncoder", "ImplicitVAE", "ImplicitVAETrainer", "LatentDecoder",
+    "ENERGY_FORMS", "ConditionalEnergy", "ImplicitELBO", "ImplicitEncoder", "ImplicitVAE", "ImplicitVAETrainer", "LatentDecoder",
     "build_implicit_vae", "conditional_score", "entropy_surrogate", "latent_scale",
 ]

@@ -567,7 +567,11 @@ class Table1Recipe:
     ais_steps: int = 5
     iwae_samples: int = 1000
     seed: int = 0
+    energy_form: str = "zpsi"        # implicit models: "ffn" is the paper's ablation (a plain scalar network)
     eval_samples = 0  # a class attribute (not a setting): AIS, not importance sampling, gives the test NLL
+
+    added_later = {"energy_form": "zpsi"}
+    """Settings added after runs were started, left out of :meth:`settings` (and the fingerprint) at this value."""
 
     def __post_init__(self):
         from .sphere_vae import ENCODERS, LATENTS
@@ -585,10 +589,17 @@ class Table1Recipe:
                 raise ValueError(f"recipe {self.name}: {field} must be a positive number")
         if not (math.isfinite(self.energy_l2) and self.energy_l2 >= 0):
             raise ValueError(f"recipe {self.name}: energy_l2 must be >= 0")
+        from .implicit import ENERGY_FORMS
 
-    settings = VAERecipe.settings
+        if self.energy_form not in ENERGY_FORMS:
+            raise ValueError(f"recipe {self.name}: energy_form must be one of {ENERGY_FORMS}, got {self.energy_form!r}")
+
     fingerprint = VAERecipe.fingerprint
     with_changes = VAERecipe.with_changes
+
+    def settings(self) -> dict[str, Any]:
+        """The recipe as a plain dict, without the settings of :attr:`added_later` at their original value."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if self.added_later.get(k, object()) != v}
 
     @property
     def epochs(self) -> int:
@@ -609,7 +620,7 @@ class Table1Recipe:
     def skeleton(self):
         from .sphere_vae import build_model
 
-        return build_model(self.encoder, self.latent, self.n, self.hidden)
+        return build_model(self.encoder, self.latent, self.n, self.hidden, energy_form=self.energy_form)
 
     def trainer(self, model, train, valid, device, generator):
         from .sphere_vae import Table1Trainer

@@ -73,11 +73,12 @@ def _check_kind(encoder: str, latent: str) -> None:
 
 
 def build_model(encoder: str = "implicit", latent: str = "sphere", n: int = 8, hidden: int = 256,
-                input_dim: int = 784) -> VAE | ImplicitVAE:
-    """One of the four models (module docstring); ``n`` is the latent dimension (S⁸ ⊂ R⁹ for n = 8)."""
+                input_dim: int = 784, energy_form: str = "zpsi") -> VAE | ImplicitVAE:
+    """One of the four models (module docstring); ``n`` is the latent dimension (S⁸ ⊂ R⁹ for n = 8);
+    ``energy_form`` (implicit models) as in :class:`mvl.ae.implicit.ConditionalEnergy`."""
     _check_kind(encoder, latent)
     if encoder == "implicit":
-        return build_implicit_vae(n, latent == "sphere", input_dim, hidden)
+        return build_implicit_vae(n, latent == "sphere", input_dim, hidden, energy_form=energy_form)
     sizes = (hidden, hidden)
     if latent == "sphere":
         return VAE(VonMisesFisherEncoder(input_dim, n, sizes, "relu"),
