@@ -29,11 +29,13 @@ reparameterization* of Naesseth et al. (2017) that Davidson et al. adopt: the ac
 :meth:`VonMisesFisherPosterior.rsample_with_log_pi` returns z and log π(ε | κ); :func:`expectation_surrogate`
 combines them into a scalar whose gradient is g_rep + g_cor. Dropping g_cor — autograd through a rejection
 sample alone, which is what ``rsample`` gives and what the public ``s-vae-pytorch`` implementation does —
-is biased in κ for m ≠ 3 (chapter 9 measures it; ``tests/test_ae_vmf.py`` detects it). We chose this over
-implicit reparameterization gradients (Figurnov et al., 2018), which are unbiased too but need
-∂F(w | κ)/∂κ of the CDF of w at every sample, a per-sample 1-D quadrature that is delicate at large κ;
-g_cor costs nothing extra, its price is the variance of a score-function term (small: the proposal is
-close to the target, acceptance ≥ ~0.6). The gradient in μ goes through the Householder rotation
+is biased in κ for m ≠ 3 (``tests/test_ae_vmf.py`` detects it). Measured for f(z) = exp(aᵀz), ‖a‖ = 1.5,
+against the closed form: the pathwise-only dE[f]/dκ is off by −3 % (m = 5, κ = 1), −9 % (m = 5, κ = 10),
++6 % (m = 9, κ = 10), +2 % (m = 33, κ = 10), and by < 1.1 % at κ = 100. We chose this over implicit
+reparameterization gradients (Figurnov et al., 2018), which are unbiased too but need ∂F(w | κ)/∂κ of the
+CDF of w at every sample, a per-sample 1-D quadrature that is delicate at large κ; g_cor costs no extra
+network evaluation, its price is the variance of a score-function term: in the same measurements the
+per-sample standard deviation of dE[f]/dκ grows by a factor 1.0–2.8 (largest at κ = 10, m = 33). The gradient in μ goes through the Householder rotation
 H = I − 2uuᵀ/‖u‖², u = e₁ − μ, which maps e₁ to μ; it does not involve the rejection step and is exact.
 
 All internal arithmetic is float64 (1 − w is formed without cancellation, so κ = 10⁴ is as accurate as κ =
