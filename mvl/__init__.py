@@ -18,7 +18,8 @@ Learning unnormalized models (chapters 1–6; the later chapters reuse it):
   imports nothing from the package).
 
 Auto-encoders with flexible priors (chapters 7 onwards): the subpackage :mod:`mvl.ae` (MNIST, priors,
-VAEs, and :mod:`mvl.ae.ebm_prior`, VAEs with energy-based priors trained without the partition function).
+VAEs, and :mod:`mvl.ae.ebm_prior`, VAEs with energy-based priors trained without the partition function;
+:mod:`mvl.ae.wae`, Wasserstein auto-encoders, and :mod:`mvl.ae.fid`, FID through an MNIST classifier, chapter 10).
 
 Course tooling:
 
