@@ -406,7 +406,8 @@ def _squeeze(r: AISResult) -> AISResult:
 
 
 def grbm_log_partition(grbm, n_temperatures: int = 1000, n_chains: int = 100, kernel: str = "hmc",
-                       base_scale: float = 1.0, **kwargs) -> AISResult:
+                       base_scale: float = 1.0, base: tuple[LogDensity, Callable[[int], torch.Tensor]] | None = None,
+                       **kwargs) -> AISResult:
     """AIS estimate of a Gaussian–Bernoulli RBM's log Z = log ∫ exp(−F(z)) dz (seed 003 eq. 12; chapter 8).
 
     ``grbm`` is a :class:`mvl.ae.priors.GRBM` (anything with ``free_energy``, ``mu`` and ``log_var``). The
@@ -415,6 +416,12 @@ def grbm_log_partition(grbm, n_temperatures: int = 1000, n_chains: int = 100, ke
     exp(−F). Further keyword arguments go to :func:`ais`. The parameters are read once, detached: the
     estimate is for the GRBM as it is now (the GRBM's ``estimate_log_partition`` stores it with a
     fingerprint of the parameters, so that a stale value is never used).
+
+    ``base`` = (log density, sampler) replaces the Gaussian base by any normalized, sampleable density, e.g.
+    the aggregated posterior of a VAE (:func:`mvl.ae.ebm_prior.aggregated_posterior_base`). That matters when
+    the GRBM's mass sits far from μ in units of σ (modes μ + Wh with large W/σ): chains started at N(μ, σ²) never
+    reach them, every chain gets the same weight, and log Ẑ comes out far too low with a tiny standard error
+    (chapter 8 shows such a case).
     """
     if not (isinstance(base_scale, (int, float)) and math.isfinite(base_scale) and base_scale > 0):
         raise ValueError(f"base_scale must be a positive finite number, got {base_scale!r}")
@@ -431,6 +438,8 @@ def grbm_log_partition(grbm, n_temperatures: int = 1000, n_chains: int = 100, ke
     def log_target(z):
         return -grbm.free_energy(z)
 
+    if base is not None:
+        log_base, sample_base = base
     with torch.no_grad():  # the parameters enter as constants; only z is differentiated (enable_grad inside)
         return ais(log_base, sample_base, log_target, n_temperatures, n_chains, kernel, **kwargs)
 

@@ -304,3 +304,38 @@ def test_a_setting_added_later_leaves_the_committed_fingerprints_alone():
     assert recipe.fingerprint() == record["fingerprint"]
     changed = recipe.with_changes(adversary_steps=2)
     assert changed.settings()["adversary_steps"] == 2 and changed.fingerprint() != recipe.fingerprint()
+
+
+def test_ais_from_the_aggregated_posterior_finds_modes_the_gaussian_base_misses():
+    """A GRBM whose modes μ + Wh lie many σ apart: AIS from its own Gaussian part N(μ, σ²) stays in the h = 0 mode
+    and is far too low (with a small reported error), AIS from an aggregated posterior that covers the modes
+    recovers the exact log Z (chapter 8's adversarial model fails the first way)."""
+    import itertools
+
+    from mvl import ais as A
+    from mvl.ae.priors import DiagonalGaussian
+
+    torch.manual_seed(0)
+    g = GRBM(4, 3)
+    with torch.no_grad():
+        g.log_var.fill_(2 * math.log(0.05))
+        g.mu.zero_()
+        g.W.copy_(torch.randn(4, 3))
+        g.b.fill_(2.0)
+    exact = g.log_partition_exact().item()
+    h = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)))
+    modes = (g.mu + h @ g.W.T).detach()  # z | h ~ N(μ + Wh, σ²)
+
+    def encoder(x):
+        m = modes[x[:, 0].long()]
+        return DiagonalGaussian(m, torch.full_like(m, 2 * math.log(0.05)))
+
+    base = EP.aggregated_posterior_base(encoder, torch.arange(8.0)[:, None])
+    torch.manual_seed(1)
+    gauss = A.grbm_log_partition(g, 200, 64)
+    torch.manual_seed(1)
+    post = A.grbm_log_partition(g, 200, 64, base=base)
+    assert abs(float(post.log_z) - exact) < 4 * float(post.log_z_se) + 0.05, (float(post.log_z), exact)
+    assert float(gauss.log_z) < exact - 2.0, (float(gauss.log_z), exact)
+    with pytest.raises(ValueError, match="non-empty"):
+        EP.aggregated_posterior_base(encoder, torch.zeros(0, 1))

@@ -216,7 +216,8 @@ class EBMPriorRecipe(VAERecipe):
             return None
         from .ebm_prior import evaluate_ebm_vae
 
-        return evaluate_ebm_vae(model, test, self.eval_samples, self.ais_temperatures, self.ais_chains, self.seed)
+        return evaluate_ebm_vae(model, test, self.eval_samples, self.ais_temperatures, self.ais_chains, self.seed,
+                                base_images=test[:500])
 
 
 @dataclass(frozen=True)
@@ -301,118 +302,6 @@ class ClassifierRecipe:
         return (f"test accuracy {100 * metrics['test_accuracy']:.2f} ± {100 * metrics['test_accuracy_se']:.2f} % "
                 f"({metrics['test_images']} images); FID held-out {metrics['fid_held_out']:.2f}, collapsed "
                 f"{metrics['fid_collapsed']:.1f}")
-
-
-@dataclass(frozen=True)
-class WAERecipe:
-    """A Wasserstein auto-encoder of chapter 10 (WMVL paper §6.2.2, App. E.2; :mod:`mvl.ae.wae`): ``latent`` =
-    ``"sphere"`` (codes on Sⁿ, uniform prior) or ``"euclidean"`` (Rⁿ, N(0, I)), n = ``n``; ``regularizer`` =
-    ``"mvl"`` (KL through an MVL-fitted marginal energy) or ``"gan"`` (discriminator); λ = ``lam``, RMSProp
-    ``lr`` for the auto-encoder and ``aux_lr`` for the energy or discriminator, batch ``batch_size``,
-    ``steps`` updates over the first ``n_train`` training images binarized afresh each pass. Evaluated by FID
-    (:func:`mvl.ae.fid.fid`, through the committed classifier ``ch10-lenet``) between ``eval_images`` decoded
-    prior samples (binarized) and as many statically binarized test images, and the test reconstruction.
-    Not stated in the paper and taken from the authors' ``src/mnist.py``: tanh layers, z·√(n+1) into the
-    decoder and energy, the energy's and discriminator's L2 penalty on their outputs, the released code's
-    per-sample MVL step; chosen here: the auxiliary network's step uses the codes from before the auto-encoder's
-    step (the released code re-encodes), 50 000 training images (the authors train on all 60 000 with
-    ``-test``), a statically binarized test set for FID (they binarize it afresh)."""
-
-    name: str
-    version: int
-    chapter: int
-    description: str
-    latent: str = "sphere"
-    regularizer: str = "mvl"
-    n: int = 8
-    hidden: int = 256
-    steps: int = 200_000
-    batch_size: int = 128
-    lr: float = 1e-3
-    aux_lr: float = 1e-3
-    lam: float = 10.0
-    eps: float = 1e-3
-    aux_l2: float = 1e-5
-    n_train: int = 50_000
-    n_valid: int = 10_000
-    eval_images: int = 10_000
-    seed: int = 0
-    classifier: str = "ch10-lenet"
-    eval_samples = 0  # a class attribute (not a setting): no importance sampling
-
-    def __post_init__(self):
-        from .wae import LATENTS, REGULARIZERS
-
-        if self.latent not in LATENTS or self.regularizer not in REGULARIZERS:
-            raise ValueError(f"recipe {self.name}: latent must be one of {LATENTS} and regularizer one of "
-                             f"{REGULARIZERS}; got {self.latent!r}, {self.regularizer!r}")
-        for field in ("n", "hidden", "steps", "batch_size", "n_train", "n_valid", "eval_images"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"recipe {self.name}: {field} must be a positive integer, got {value!r}")
-        for field in ("lr", "aux_lr", "lam", "eps"):
-            if not (math.isfinite(getattr(self, field)) and getattr(self, field) > 0):
-                raise ValueError(f"recipe {self.name}: {field} must be a positive number")
-        if not (math.isfinite(self.aux_l2) and self.aux_l2 >= 0):
-            raise ValueError(f"recipe {self.name}: aux_l2 must be >= 0")
-
-    settings = VAERecipe.settings
-    fingerprint = VAERecipe.fingerprint
-    with_changes = VAERecipe.with_changes
-
-    @property
-    def epochs(self) -> int:
-        """Passes over the training images that ``steps`` updates take (the last one may be partial)."""
-        return math.ceil(self.steps / math.ceil(self.n_train / self.batch_size))
-
-    def budget(self) -> str:
-        return (f"{self.steps} steps ({self.epochs} epochs), batch {self.batch_size}, {self.n_train} images; "
-                f"evaluation: FID of {self.eval_images} prior samples against {self.eval_images} test images")
-
-    def build(self, train_probs: torch.Tensor | None = None):
-        """The untrained WAE, seeded (``train_probs`` is ignored)."""
-        torch.manual_seed(self.seed)
-        return self.skeleton()
-
-    def skeleton(self):
-        from .wae import WAE
-
-        return WAE(self.latent, self.n, self.hidden)
-
-    def trainer(self, model, train, valid, device, generator):
-        from .wae import WAETrainer, discriminator, marginal_energy
-
-        torch.manual_seed(self.seed + 2)
-        aux = (marginal_energy if self.regularizer == "mvl" else discriminator)(model.space, self.hidden)
-        return WAETrainer(model, aux, self.regularizer, train, valid, self.steps, self.batch_size, self.lr,
-                          self.aux_lr, self.lam, self.eps, self.aux_l2, device, generator)
-
-    def evaluate_model(self, model, test: torch.Tensor) -> dict[str, Any]:
-        """FID of ``len(test)`` decoded prior samples (seeded with the recipe's seed) against ``test``, through
-        the committed classifier, and the mean test reconstruction cross-entropy."""
-        import time
-
-        from .. import trained
-        from .fid import fid
-
-        start = time.perf_counter()
-        clf = get_recipe(self.classifier)
-        state, entry = trained.load_state_dict(clf.name, clf.version)
-        classifier = clf.skeleton()
-        classifier.load_state_dict(state)
-        classifier.to(test.device).eval()
-        samples = model.sample(len(test), torch.Generator().manual_seed(self.seed)).to(test.device)
-        with torch.no_grad():
-            rec = torch.cat([model.reconstruction(b) for b in test.split(1000)]).double()
-        return {"fid": fid(samples, test, classifier), "fid_images": len(test), "fid_classifier": clf.name,
-                "fid_classifier_sha256": entry["sha256"], "test_reconstruction": rec.mean().item(),
-                "test_reconstruction_se": (rec.std() / math.sqrt(len(rec))).item(), "test_images": len(test),
-                "eval_seconds": time.perf_counter() - start}
-
-    def summary(self, metrics: dict[str, Any]) -> str:
-        return (f"FID {metrics['fid']:.2f} ({metrics['fid_images']} samples vs test images, classifier "
-                f"{metrics['fid_classifier']}); test reconstruction {metrics['test_reconstruction']:.2f} ± "
-                f"{metrics['test_reconstruction_se']:.2f}")
 
 
 @dataclass(frozen=True)
@@ -676,14 +565,6 @@ RECIPES: dict[str, VAERecipe] = {
                        "epochs)", prior_objective="adversarial", energy_l2=0.01),
         ClassifierRecipe("ch10-lenet", 1, 10, "LeNet-5-like MNIST classifier (conv 32, conv 64, fc 512) whose 512 "
                          "features chapter 10's FID uses; binarized images, Adam, 10 epochs"),
-        WAERecipe("ch10-wae-mvl-sphere", 1, 10, "MNIST WAE (WMVL Table 2), codes on S^8, uniform prior, KL through an MVL-fitted marginal energy",
-                  latent="sphere", regularizer="mvl"),
-        WAERecipe("ch10-wae-mvl-euclidean", 1, 10, "MNIST WAE (WMVL Table 2), codes in R^8, N(0, I) prior, KL through an MVL-fitted marginal energy",
-                  latent="euclidean", regularizer="mvl"),
-        WAERecipe("ch10-wae-gan-sphere", 1, 10, "MNIST WAE (WMVL Table 2), codes on S^8, uniform prior, GAN discriminator",
-                  latent="sphere", regularizer="gan"),
-        WAERecipe("ch10-wae-gan-euclidean", 1, 10, "MNIST WAE (WMVL Table 2), codes in R^8, N(0, I) prior, GAN discriminator",
-                  latent="euclidean", regularizer="gan"),
         WAERecipe("ch10-wae-mvl-sphere", 1, 10, "MNIST WAE (WMVL Table 2), codes on S^8, uniform prior, KL through an MVL-fitted marginal energy",
                   latent="sphere", regularizer="mvl"),
         WAERecipe("ch10-wae-mvl-euclidean", 1, 10, "MNIST WAE (WMVL Table 2), codes in R^8, N(0, I) prior, KL through an MVL-fitted marginal energy",
