@@ -246,3 +246,30 @@ def test_a_tiny_wae_recipe_trains_resumes_bit_for_bit_and_reports_fid(tmp_path):
     assert record["metrics"] == one["metrics"] and model.space.kind == "sphere"
     with pytest.raises(ValueError, match="regularizer"):
         recipe.with_changes(regularizer="mmd")
+
+
+def test_great_circle_is_the_constant_speed_geodesic():
+    """Endpoints are reached, every point has unit norm, equal steps in t are equal angles (θ/k each), the
+    midpoint of two orthogonal axes is their normalized sum; the chordal (linear) path would fail the norm and
+    the equal-angle checks. Bad inputs raise."""
+    g = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(9, generator=g, dtype=torch.float64), torch.randn(9, generator=g, dtype=torch.float64)
+    z0, z1 = z0 / z0.norm(), z1 / z1.norm()
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    path = W.great_circle(z0, z1, t)
+    assert path.shape == (11, 9)
+    assert torch.allclose(path[0], z0) and torch.allclose(path[-1], z1)
+    assert torch.allclose(path.norm(dim=1), torch.ones(11, dtype=torch.float64))
+    steps = torch.arccos((path[1:] * path[:-1]).sum(1).clamp(-1, 1))
+    assert torch.allclose(steps, torch.arccos(z0 @ z1) / 10 * torch.ones(10, dtype=torch.float64), atol=1e-10)
+    e1, e2 = torch.eye(3, dtype=torch.float64)[:2]
+    mid = W.great_circle(e1, e2, torch.tensor([0.5]))[0]
+    assert torch.allclose(mid, (e1 + e2) / math.sqrt(2))
+    chord = (1 - t[:, None]) * z0 + t[:, None] * z1
+    assert not torch.allclose(chord.norm(dim=1), torch.ones(11, dtype=torch.float64), atol=1e-3)
+    with pytest.raises(ValueError, match="antipodal"):
+        W.great_circle(e1, -e1, t)
+    with pytest.raises(ValueError, match="unit norm"):
+        W.great_circle(2 * e1, e2, t)
+    with pytest.raises(ValueError, match="vector"):
+        W.great_circle(e1[None], e2, t)

@@ -348,6 +348,32 @@ class WAETrainer:
         set_rng_state(state, self.generator)
 
 
+def great_circle(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Points ``[len(t), d]`` on the shorter great circle from the unit vector ``z0`` to ``z1`` (``[d]`` each) at
+    the fractions ``t`` of the way (chapter 10's interpolations between codes on Sⁿ; "slerp"):
+
+        z(t) = (sin((1 − t)θ) z₀ + sin(tθ) z₁) / sin θ,      cos θ = z₀·z₁,
+
+    the geodesic at constant speed, so equal steps in ``t`` are equal angles. Antipodal points have no unique
+    great circle and raise ``ValueError``."""
+    for name, z in (("z0", z0), ("z1", z1)):
+        if not torch.is_tensor(z) or z.dim() != 1 or not torch.isfinite(z).all():
+            raise ValueError(f"{name} must be a finite vector [d] (one point of the sphere), got "
+                             f"{tuple(getattr(z, 'shape', ()))}")
+        if abs(z.double().norm().item() - 1.0) > 1e-4:
+            raise ValueError(f"{name} must have unit norm (a point of the sphere), got norm {z.norm().item():.4g}")
+    if z0.shape != z1.shape:
+        raise ValueError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
+    t = torch.as_tensor(t, dtype=z0.dtype, device=z0.device).reshape(-1, 1)
+    cos = (z0 * z1).sum().clamp(-1.0, 1.0)
+    theta = torch.arccos(cos)
+    if math.pi - theta.item() < 1e-3:
+        raise ValueError("z0 and z1 are (nearly) antipodal: the great circle between them is not unique")
+    if theta.item() < 1e-6:
+        return z0.expand(len(t), -1).clone()
+    return (torch.sin((1 - t) * theta) * z0 + torch.sin(t * theta) * z1) / torch.sin(theta)
+
+
 def build_wae(latent: str, n: int, regularizer: str, hidden: int = 256) -> tuple[WAE, nn.Module]:
     """A WAE and its auxiliary network: the marginal energy (``"mvl"``) or the discriminator (``"gan"``)."""
     if regularizer not in REGULARIZERS:
@@ -358,5 +384,5 @@ def build_wae(latent: str, n: int, regularizer: str, hidden: int = 256) -> tuple
 
 
 __all__ = ["LATENTS", "LatentSpace", "REGULARIZERS", "Scaled", "WAE", "WAETrainer", "WAE_HISTORY_KEYS", "build_wae",
-           "discriminator", "discriminator_loss", "energy_loss", "gan_generator_loss", "kl_surrogate", "marginal_energy",
+           "discriminator", "discriminator_loss", "energy_loss", "gan_generator_loss", "great_circle", "kl_surrogate", "marginal_energy",
            "neg_entropy_surrogate", "score"]
