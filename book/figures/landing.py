@@ -99,7 +99,7 @@ CHAPTERS = {
     10: ("Hyperspherical\nWAEs and FID", (8.0, 1.0)),
 }
 EDGES = [(1, 2), (2, 3), (3, 4), (3, 5), (3, 6), (7, 8), (4, 8), (6, 9), (8, 9), (9, 10)]
-WRITTEN = {1, 2, 3, 4, 5, 6, 7}
+WRITTEN = {1, 2, 3, 4, 5, 6, 7, 8}
 
 
 def path_figure(path: Path) -> None:
