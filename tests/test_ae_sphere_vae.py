@@ -10,6 +10,7 @@ from mvl import train as T
 from mvl.ae.recipes import RECIPES, Table1Recipe
 from mvl.ae.sphere_vae import build_model, evaluate, explicit_elbo, log_likelihood_ais
 from mvl.manifolds import Sphere
+from test_train import run, tiny_data  # the same tiny synthetic images and train_recipe call as the trainer tests
 
 torch.set_num_threads(1)
 
@@ -65,17 +66,6 @@ def tiny(encoder="implicit", latent="sphere", **changes):
     return base.with_changes(**changes)
 
 
-def tiny_data():
-    g = torch.Generator().manual_seed(0)
-    train = torch.bernoulli(torch.full((48, 784), 0.3), generator=g)
-    valid = torch.bernoulli(torch.full((16, 784), 0.3), generator=g)
-    test = torch.bernoulli(torch.full((8, 784), 0.3), generator=g)
-    return train, valid, test
-
-
-def run(recipe, tmp_path, **kw):
-    return T.train_recipe(recipe, data=tiny_data(), cache=tmp_path / "cache", out=tmp_path / "out", progress=False,
-                          device="cpu", **kw)
 
 
 @pytest.mark.parametrize("encoder, latent", [("implicit", "sphere"), ("explicit", "sphere"), ("implicit", "euclidean"),

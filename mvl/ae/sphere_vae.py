@@ -38,7 +38,7 @@ from .implicit import (
 )
 from .mnist import ImageData
 from .priors import DiagonalGaussian, StandardNormal
-from .vae import ELBO, VAE, rng_state, set_rng_state
+from .vae import ELBO, VAE, _train_batches, rng_state, set_rng_state
 from .vmf import HypersphericalUniform, VonMisesFisherEncoder, hidden_stack, vmf_elbo
 
 ENCODERS = ("explicit", "implicit")
@@ -166,12 +166,6 @@ class Table1Trainer:
         self.opt.step()
         return {"objective": terms.elbo.mean().item(), "reconstruction": terms.reconstruction.mean().item(), "mvl": math.nan}
 
-    def _batches(self):
-        if isinstance(self.train, ImageData):
-            return self.train.batches(self.batch_size, shuffle=True, generator=self.generator, device=self.device)
-        order = torch.randperm(len(self.train), generator=self.generator)
-        return (self.train[i].to(self.device) for i in order.split(self.batch_size))
-
     @torch.no_grad()
     def validate(self, x: torch.Tensor) -> tuple[float, float]:
         """(mean ELBO — the monitor for implicit models —, mean reconstruction term) on ``x``, one sample each."""
@@ -195,7 +189,7 @@ class Table1Trainer:
         start = time.perf_counter()
         self.model.train()
         sums, count = torch.zeros(3, dtype=torch.float64), 0
-        for x in self._batches():
+        for x in _train_batches(self.train, self.batch_size, self.device, self.generator):
             out = self.train_step(x)
             sums += torch.tensor([out["objective"], out["reconstruction"], out["mvl"]], dtype=torch.float64)
             count += 1

@@ -46,7 +46,7 @@ from ..manifolds import Sphere
 from ..objectives import sm_mvl, sm_riemannian_mvl
 from .fid import check_images
 from .mnist import ImageData
-from .vae import rng_state, set_rng_state
+from .vae import _train_batches, rng_state, set_rng_state
 
 LATENTS = ("sphere", "euclidean")
 REGULARIZERS = ("mvl", "gan")
@@ -297,12 +297,6 @@ class WAETrainer:
         self.aux_opt.step()
         return {"reconstruction": rec.item(), "divergence": div.item(), "aux_loss": aux_loss.item()}
 
-    def _batches(self):
-        if isinstance(self.train, ImageData):
-            return self.train.batches(self.batch_size, shuffle=True, generator=self.generator, device=self.device)
-        order = torch.randperm(len(self.train), generator=self.generator)
-        return (self.train[i].to(self.device) for i in order.split(self.batch_size))
-
     def run_epoch(self) -> dict[str, float]:
         """One pass over the training data (or the updates left), then the validation reconstruction."""
         if self.done:
@@ -310,7 +304,7 @@ class WAETrainer:
         start = time.perf_counter()
         self.model.train()
         sums, count = torch.zeros(3, dtype=torch.float64), 0
-        for x in self._batches():
+        for x in _train_batches(self.train, self.batch_size, self.device, self.generator):
             out = self.train_step(x)
             sums += torch.tensor([out["reconstruction"], out["divergence"], out["aux_loss"]], dtype=torch.float64)
             count += 1
