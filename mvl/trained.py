@@ -91,7 +91,8 @@ def publish(name: str, state_dict: dict[str, torch.Tensor], record: dict[str, An
         "file": pt.name, "sha256": sha256(pt), "bytes": pt.stat().st_size, "record": js.name,
         "recipe": record["recipe"], "recipe_version": record["recipe_version"], "epochs": record["epochs"],
         "finished": record["finished"], "wall_s": record["wall_s"], "device": record["device"],
-        "commit": record["commit"], "metrics": record["metrics"],
+        "commit": record["commit"],
+        "metrics": {k: v for k, v in record["metrics"].items() if not isinstance(v, (list, dict))},  # per-image values stay in the record
     }
     total = sum(e["bytes"] for e in manifest.values())
     if total > MAX_TOTAL_BYTES:

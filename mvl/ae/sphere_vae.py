@@ -245,6 +245,7 @@ def evaluate(model: VAE | ImplicitVAE, test: torch.Tensor, n_temperatures: int =
         "ais_kernel": r.kernel, "ais_steps_per_temperature": n_steps if r.kernel == "riemannian_mala" else 1,
         "ais_rms_se": r.log_z_se.double().pow(2).mean().sqrt().item(), "ais_acceptance": r.acceptance.mean().item(),
         "ais_rejected_nonfinite": r.n_rejected_nonfinite,
+        "per_image_nll": [round(v, 4) for v in nll.tolist()],  # for paired comparisons between models
     }
     if not isinstance(model, ImplicitVAE):
         torch.manual_seed(seed)
@@ -255,7 +256,8 @@ def evaluate(model: VAE | ImplicitVAE, test: torch.Tensor, n_temperatures: int =
         out.update(iwae_nll=iw.mean().item(), iwae_nll_se=(iw.std() / math.sqrt(n)).item() if n > 1 else None,
                    iwae_samples=iwae_samples, test_elbo=elbo.mean().item(),
                    ais_minus_iwae_log_px=(iw - nll).mean().item(),
-                   ais_minus_iwae_log_px_se=((iw - nll).std() / math.sqrt(n)).item() if n > 1 else None)
+                   ais_minus_iwae_log_px_se=((iw - nll).std() / math.sqrt(n)).item() if n > 1 else None,
+                   per_image_iwae_nll=[round(v, 4) for v in iw.tolist()])
     out["eval_seconds"] = time.perf_counter() - start
     return out
 
