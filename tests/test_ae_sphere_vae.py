@@ -8,27 +8,11 @@ import torch
 
 from mvl import train as T
 from mvl.ae.recipes import RECIPES, Table1Recipe
-from mvl.ae.sphere_vae import build_model, evaluate, explicit_elbo, log_likelihood_ais
+from mvl.ae.sphere_vae import build_model, evaluate, explicit_elbo, log_likelihood_ais, log_likelihood_quadrature
 from mvl.manifolds import Sphere
 from test_train import run, tiny_data  # the same tiny synthetic images and train_recipe call as the trainer tests
 
 torch.set_num_threads(1)
-
-
-def _grid_log_px(model, x, latent):
-    """log p(x) = log ∫ p(x|z) p(z) dz by quadrature: a 200-point Gauss–Legendre × 400 longitudes rule on S²,
-    or a 401² trapezoid grid on [−7, 7]² against N(0, I) in R²."""
-    with torch.no_grad():
-        if latent == "sphere":
-            pts, w = Sphere(2).grid(200, dtype=torch.float32)
-            log_w = torch.log(w) - Sphere(2).log_volume()
-        else:
-            t = torch.linspace(-7, 7, 401)
-            a, b = torch.meshgrid(t, t, indexing="ij")
-            pts = torch.stack([a.reshape(-1), b.reshape(-1)], -1)
-            log_w = -0.5 * (pts**2).sum(-1) - math.log(2 * math.pi) + 2 * math.log(float(t[1] - t[0]))
-        ll = torch.cat([model.decoder.log_prob(x, c[:, None, :].expand(-1, len(x), -1)) for c in pts.split(8000)])
-        return torch.logsumexp(ll.double() + log_w.double()[:, None], 0)
 
 
 @pytest.mark.parametrize("encoder, latent", [("explicit", "sphere"), ("implicit", "sphere"), ("explicit", "euclidean")])
@@ -43,12 +27,14 @@ def test_ais_and_iwae_match_quadrature_for_tiny_models(encoder, latent):
         for p in model.decoder.parameters():
             p.mul_(3.0)
     x = torch.bernoulli(torch.full((6, 20), 0.4))
-    exact = _grid_log_px(model, x, latent)
+    exact = log_likelihood_quadrature(model, x)
     r = log_likelihood_ais(model, x, n_temperatures=200, n_chains=32, n_steps=3, n_leapfrog=5)
     diff = r.log_z.double() - exact
     print(f"{encoder}/{latent}: AIS − quadrature {diff.numpy().round(3)}, SE {r.log_z_se.numpy().round(3)}, "
           f"log p(x) {exact.numpy().round(2)}")
     assert bool((diff.abs() < 4 * r.log_z_se.double() + 0.02).all())
+    wrong = log_likelihood_quadrature(build_model(encoder, latent, 2, hidden=16, input_dim=20), x)  # other weights
+    assert bool(((wrong - exact).abs() > 0.1).any())  # the quadrature sees the decoder
     if encoder == "explicit":
         est = model.importance_estimates(x, 2000)
         se = torch.sqrt(1 / est["ess"] - 1 / 2000).double()
@@ -122,3 +108,8 @@ def test_the_chapter_9_recipes_follow_the_paper():
         tiny(energy_form="score")
     with pytest.raises(ValueError, match="encoder must be"):
         build_model("explicit", "torus")
+
+
+def test_quadrature_refuses_latent_spaces_it_cannot_integrate():
+    with pytest.raises(ValueError, match="S\\^2 or R\\^2"):
+        log_likelihood_quadrature(build_model("explicit", "sphere", 8, hidden=8, input_dim=20), torch.zeros(2, 20))
