@@ -92,7 +92,7 @@ def publish(name: str, state_dict: dict[str, torch.Tensor], record: dict[str, An
         "recipe": record["recipe"], "recipe_version": record["recipe_version"], "epochs": record["epochs"],
         "finished": record["finished"], "wall_s": record["wall_s"], "device": record["device"],
         "commit": record["commit"],
-        "metrics": {k: v for k, v in record["metrics"].items() if not isinstance(v, (list, dict))},  # per-image values stay in the record
+        "metrics": {k: v for k, v in record["metrics"].items() if not k.startswith("per_image")},  # per-image values stay in the record
     }
     total = sum(e["bytes"] for e in manifest.values())
     if total > MAX_TOTAL_BYTES:

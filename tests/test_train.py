@@ -134,6 +134,64 @@ def test_recipes_reject_bad_settings():
     with pytest.raises(ValueError, match="epochs"):
         tiny(epochs=0)
     assert tiny().fingerprint() != tiny(lr=2e-3).fingerprint()
+    for field, value in (("optimizer", "sgd"), ("weight_init", "xavier"), ("pseudo_init", "zeros")):
+        with pytest.raises(ValueError, match=field):
+            tiny(**{field: value})
+    with pytest.raises(ValueError, match="chapter-7 setting"):  # chapter 8's trainer would silently ignore it
+        get_recipe("ch8-grbm-mvl").with_changes(optimizer="adamnormgrad")
+    # the knobs added later keep old fingerprints at their old values, and change them otherwise
+    assert "optimizer" not in tiny().settings() and tiny(optimizer="adamnormgrad").fingerprint() != tiny().fingerprint()
+
+
+def test_the_official_code_recipes_build_he_weights_random_pseudo_inputs_and_use_adamnormgrad(tmp_path):
+    """ch7-*-official: He-initialized linear weights (sd √(2/fan_in); the default init's is √(1/(3·fan_in))),
+    pseudo-inputs from logits N(−0.05, 0.01²) (gray 0.4875 ± 0.0025, where data starts are 0/1-ish digits),
+    and an AdamNormGrad trainer; a tiny run of such a recipe trains and resumes like the others."""
+    from mvl.ae import vae as V
+
+    model = get_recipe("ch7-vampprior-official").build()
+    w = model.encoder.body[0].h.weight
+    assert abs(w.std().item() / (2 / 784) ** 0.5 - 1) < 0.02, w.std()
+    default = get_recipe("ch7-vampprior").build(torch.rand(600, 784)).encoder.body[0].h.weight
+    assert abs(default.std().item() / (1 / (3 * 784)) ** 0.5 - 1) < 0.02  # what the He init must differ from
+    u = model.prior.pseudo_inputs().detach()
+    assert abs(u.mean().item() - 0.4875) < 0.001 and u.std().item() < 0.004, (u.mean(), u.std())
+    trainer = get_recipe("ch7-standard-official").trainer(get_recipe("ch7-standard-official").build(), *tiny_data()[:2],
+                                                         "cpu", torch.Generator().manual_seed(0))
+    assert isinstance(trainer.opt, V.AdamNormGrad)
+    with pytest.raises(ValueError, match="optimizer"):
+        V.VAETrainer(model, tiny_data()[0], optimizer="sgd")
+    one = run(tiny(optimizer="adamnormgrad", weight_init="he", pseudo_init="random"), tmp_path)
+    assert one["settings"]["optimizer"] == "adamnormgrad" and one["metrics"]["test_nll"] > 0
+
+
+def test_adamnormgrad_is_scale_free_and_moves_each_tensor_by_about_lr():
+    """The gradient of each tensor is normalized first: a tensor whose gradient is 1000x larger moves exactly as
+    far, and the first step moves every coordinate by lr·g_i/(|g_i| + ...) — about lr for the largest."""
+    from mvl.ae import vae as V
+
+    a, b = torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(5))
+    g = torch.tensor([0.3, -1.0, 2.0, 0.0, 0.5])
+    opt = V.AdamNormGrad([a, b], lr=0.01)
+    a.grad, b.grad = g.clone(), 1000 * g.clone()
+    opt.step()
+    assert torch.allclose(a, b, atol=1e-9)
+    assert torch.allclose(a, -0.01 * torch.sign(g), atol=1e-6)  # Adam's first step: lr·sign of the gradient
+    plain = torch.nn.Parameter(torch.zeros(5))
+    adam = torch.optim.Adam([plain], lr=0.01)
+    for k in range(3):  # later steps differ from Adam's when the gradient's scale changes between steps
+        for p_, opt_, scale in ((a, opt, 1.0), (plain, adam, 1.0)):
+            p_.grad = g * (10.0 ** k) * scale
+        b.grad = 1000 * g * (10.0 ** k)
+        opt.step(); adam.step()
+    assert torch.allclose(a, b, atol=1e-8) and not torch.allclose(a, plain, atol=1e-4)
+
+
+def test_committed_models_keep_their_fingerprints():
+    """Adding a recipe setting must not orphan committed weights: each record's fingerprint is the recipe's."""
+    for name, entry in trained.read_manifest().items():
+        record = json.loads((trained.TRAINED_DIR / entry["record"]).read_text())
+        assert record["fingerprint"] == get_recipe(name).fingerprint(), name
 
 
 def test_load_trained_rebuilds_the_model_with_its_record(tmp_path):
@@ -156,7 +214,7 @@ def test_the_committed_models_match_their_manifest():
         assert entry["recipe_version"] == get_recipe(name).version, f"{name}: stale committed model"
         record = json.loads((trained.TRAINED_DIR / entry["record"]).read_text())
         assert record["recipe"] == name and record["epochs"] == entry["epochs"]
-        scalars = {k: v for k, v in record["metrics"].items() if not isinstance(v, (list, dict))}
+        scalars = {k: v for k, v in record["metrics"].items() if not k.startswith("per_image")}
         assert scalars == entry["metrics"]  # whatever the recipe measures (NLL, accuracy, FID); per-image lists stay in the record
         total += entry["bytes"]
     assert total <= trained.MAX_TOTAL_BYTES

@@ -64,8 +64,14 @@ class VAERecipe:
     seed: int = 0
     eval_samples: int = 5000         # importance samples per test image
     eval_images: int = 10_000        # test images evaluated (the whole test set)
+    optimizer: str = "adam"          # "adam" | "adamnormgrad" (the released VampPrior code)
+    weight_init: str = "default"     # "default" (PyTorch's) | "he" (the released code's N(0, 2/fan_in))
+    pseudo_init: str = "data"        # VampPrior pseudo-inputs: "data" (K training images) | "random" (the code's)
 
     priors = ("standard", "vamp")  # a class attribute (not a setting): the priors this kind of recipe builds
+    added_later = {"optimizer": "adam", "weight_init": "default", "pseudo_init": "data"}
+    """Settings added after models were committed, with the value those models were trained with: left out of
+    :meth:`settings` (and so of the fingerprint) at that value, so that a new knob does not orphan them."""
 
     def __post_init__(self):
         if self.prior not in self.priors:
@@ -77,10 +83,16 @@ class VAERecipe:
                 raise ValueError(f"recipe {self.name}: {field} must be a positive integer, got {value!r}")
         if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.warmup) and self.warmup >= 0):
             raise ValueError(f"recipe {self.name}: lr must be > 0 and warmup >= 0")
+        for field, allowed in (("optimizer", tuple(V.OPTIMIZERS)), ("weight_init", ("default", "he")),
+                               ("pseudo_init", ("data", "random"))):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"recipe {self.name}: {field} must be one of {allowed}, got {getattr(self, field)!r}")
 
     def settings(self) -> dict[str, Any]:
-        """The recipe as a plain dict (what run records and checkpoints store)."""
-        return dataclasses.asdict(self)
+        """The recipe as a plain dict (what run records and checkpoints store), without the settings of
+        :attr:`added_later` at their original value."""
+        later = getattr(self, "added_later", {})  # (the other recipe kinds borrow this method)
+        return {k: v for k, v in dataclasses.asdict(self).items() if later.get(k, object()) != v}
 
     def fingerprint(self) -> str:
         """A hash of every setting: a checkpoint made under other settings is refused even at equal version."""
@@ -99,14 +111,23 @@ class VAERecipe:
 
     def build(self, train_probs: torch.Tensor | None = None) -> V.VAE:
         """The untrained model, seeded: the VampPrior's pseudo-inputs are K training images drawn with the
-        recipe's seed (``train_probs``, gray levels ``[n, 784]``; required for ``prior="vamp"``)."""
+        recipe's seed (``train_probs``, gray levels ``[n, 784]``; required for ``prior="vamp"``), or with
+        ``pseudo_init="random"`` the released code's start, pseudo-input logits N(−0.05, 0.01²) (gray ≈ 0.49);
+        ``weight_init="he"`` re-draws the encoder's and decoder's linear weights from N(0, 2/fan_in)."""
         torch.manual_seed(self.seed)
         init: torch.Tensor | str = "random"
         if self.prior == "vamp":
-            if train_probs is None:
+            if self.pseudo_init == "random":
+                init = torch.sigmoid(-0.05 + 0.01 * torch.randn(self.n_pseudo, 784))
+            elif train_probs is None:
                 raise ValueError(f"recipe {self.name}: the VampPrior needs training images to start its pseudo-inputs")
-            init = train_probs[torch.randperm(len(train_probs))[: self.n_pseudo]]
-        return self.skeleton(init)
+            else:
+                init = train_probs[torch.randperm(len(train_probs))[: self.n_pseudo]]
+        model = self.skeleton(init)
+        if self.weight_init == "he":
+            V.he_init_(model.encoder)
+            V.he_init_(model.decoder)
+        return model
 
     def skeleton(self, pseudo_init: torch.Tensor | str = "random") -> V.VAE:
         """The model's architecture with fresh weights (what committed weights are loaded into)."""
@@ -115,7 +136,7 @@ class VAERecipe:
     def trainer(self, model: V.VAE, train, valid, device, generator) -> V.VAETrainer:
         """The training loop of this recipe (chapter 7: :class:`mvl.ae.vae.VAETrainer`)."""
         return V.VAETrainer(model, train, valid, self.epochs, self.batch_size, self.lr, self.warmup, self.patience,
-                            device, generator)
+                            device, generator, optimizer=self.optimizer)
 
 
 @dataclass(frozen=True)
@@ -173,17 +194,11 @@ class EBMPriorRecipe(VAERecipe):
                 raise ValueError(f"recipe {self.name}: {field} must be a positive number")
         if not (math.isfinite(self.energy_l2) and self.energy_l2 >= 0):
             raise ValueError(f"recipe {self.name}: energy_l2 must be >= 0")
+        for field in ("optimizer", "weight_init", "pseudo_init"):  # chapter 7's knobs: this trainer has its own
+            if getattr(self, field) != VAERecipe.added_later[field]:
+                raise ValueError(f"recipe {self.name}: {field} is a chapter-7 setting; chapter 8's trainer does not use it")
 
-    added_later = {"adversary_steps": 1}
-    """Settings added after models were committed, with the value those models were trained with: left out of
-    :meth:`settings` (and so of the fingerprint) at that value, so that a new knob does not orphan them."""
-
-    def settings(self) -> dict[str, Any]:
-        out = super().settings()
-        for key, old in self.added_later.items():
-            if out.get(key) == old:
-                del out[key]
-        return out
+    added_later = {**VAERecipe.added_later, "adversary_steps": 1}
 
     def budget(self) -> str:
         extra = "" if self.prior != "grbm" else f"; log Z by AIS, {self.ais_temperatures} temperatures x {self.ais_chains} chains"
@@ -550,6 +565,11 @@ RECIPES: dict[str, VAERecipe] = {
                   prior="standard"),
         VAERecipe("ch7-vampprior", 1, 7, "one-layer VAE, VampPrior with K = 500 pseudo-inputs (Tomczak & Welling 2018)",
                   prior="vamp"),
+        VAERecipe("ch7-standard-official", 1, 7, "as ch7-standard, with the released code's AdamNormGrad and He "
+                  "initialization (the paper profile)", prior="standard", optimizer="adamnormgrad", weight_init="he"),
+        VAERecipe("ch7-vampprior-official", 1, 7, "as ch7-vampprior, with the released code's AdamNormGrad, He "
+                  "initialization and random pseudo-inputs (the paper profile)", prior="vamp",
+                  optimizer="adamnormgrad", weight_init="he", pseudo_init="random"),
         _ch8("ch8-standard", "seed 003 MNIST VAE (ELU 784-256-256-128 / 64-256-256-784), N(0, I) prior",
              prior="standard", prior_objective="elbo"),
         _ch8("ch8-vampprior", "seed 003 MNIST VAE, VampPrior with K = 16 pseudo-inputs", prior="vamp",

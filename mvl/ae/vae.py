@@ -329,6 +329,37 @@ def _train_batches(train: ImageData | torch.Tensor, batch_size: int, device: tor
     return (train[idx].to(device) for idx in order.split(batch_size))
 
 
+class AdamNormGrad(torch.optim.Adam):
+    """Adam on unit-norm gradients: each parameter tensor's gradient is divided by its L2 norm (+1e-7) before
+    the moment updates. The optimizer of the VampPrior authors' released code (chapter 7's ``paper`` recipes,
+    ``optimizer="adamnormgrad"``); every tensor then moves by about ``lr`` per step whatever its gradient's scale.
+    (Their Adam adds ε to √v before the bias correction, PyTorch's after it; with ε = 1e-8 on unit-norm gradients
+    the difference is negligible.)"""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.div_(torch.linalg.vector_norm(p.grad) + 1e-7)
+        return super().step(closure)
+
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamnormgrad": AdamNormGrad}
+"""The optimizers a :class:`VAETrainer` can use, by name."""
+
+
+def he_init_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """He initialization of every ``nn.Linear`` weight in ``model``: N(0, 2 / fan_in), biases left as they are
+    (the released VampPrior code's ``he_init``, applied to its encoder and decoder; chapter 7's ``paper``
+    recipes). Returns ``model``."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0.0, math.sqrt(2.0 / m.in_features), generator=generator)
+    return model
+
+
 HISTORY_KEYS = ("epoch", "beta", "train_objective", "train_reconstruction", "train_kl", "valid_elbo",
                 "valid_reconstruction", "valid_kl", "seconds")
 
@@ -347,7 +378,9 @@ class VAETrainer:
     def __init__(self, model: VAE, train: ImageData | torch.Tensor, valid: torch.Tensor | None = None,
                  epochs: int = 100, batch_size: int = 100, lr: float = 5e-4, warmup: float = 100,
                  patience: int = 50, device: torch.device | str | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, optimizer: str = "adam"):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {sorted(OPTIMIZERS)}")
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -361,7 +394,7 @@ class VAETrainer:
         self.epochs, self.batch_size, self.patience, self.generator = epochs, batch_size, patience, generator
         self.steps_per_epoch = math.ceil(len(train) / batch_size)
         self.warmup_steps = round(warmup * self.steps_per_epoch)
-        self.opt = torch.optim.Adam(model.parameters(), lr=lr)
+        self.opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr)
         self.hist: dict[str, Any] = {k: [] for k in HISTORY_KEYS}
         self.step, self.epoch, self.elapsed = 0, 0, 0.0
         self.best, self.best_state, self.best_epoch, self.bad_epochs, self.stopped = -math.inf, None, None, 0, False
