@@ -143,6 +143,7 @@ def train_recipe(recipe: VAERecipe, *, resume: bool = False, restart: bool = Fal
         wall = dict(state["wall"])
         print(f"{recipe.name}: resumed at epoch {trainer.epoch} from {ckpt}", flush=True)
     where = device_description(dev)
+    code_commit = git_commit()  # the code this sitting runs (modules are loaded now; HEAD may move while it trains)
     session_start = last_save = time.perf_counter()
     epochs_now = 0
 
@@ -194,7 +195,7 @@ def train_recipe(recipe: VAERecipe, *, resume: bool = False, restart: bool = Fal
         "settings": recipe.settings(), "epochs": trainer.epoch, "best_epoch": hist["best_epoch"],
         "stopped_early": hist["stopped_early"], "finished": trainer.done,
         "wall_s": round(sum(total.values()), 1), "wall_s_by_device": {k: round(v, 1) for k, v in total.items()},
-        "device": where, "commit": git_commit(), "torch": torch.__version__, "mvl": __version__,
+        "device": where, "commit": code_commit, "torch": torch.__version__, "mvl": __version__,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"), "metrics": metrics,
         "curve": {k: hist[k] for k in trainer.history_keys},
     }

@@ -113,3 +113,77 @@ def test_the_chapter_9_recipes_follow_the_paper():
 def test_quadrature_refuses_latent_spaces_it_cannot_integrate():
     with pytest.raises(ValueError, match="S\\^2 or R\\^2"):
         log_likelihood_quadrature(build_model("explicit", "sphere", 8, hidden=8, input_dim=20), torch.zeros(2, 20))
+
+
+def test_posterior_quadrature_recovers_a_von_mises_fisher_posterior():
+    """With log p(x|z) = κ μ_xᵀz and the uniform prior on S², p(z|x) is vMF(μ_x, κ): the quadrature posterior's
+    mean is A₃(κ) μ_x (A₃(κ) = coth κ − 1/κ) to 1e-6, and log p(x) = log(sinh κ / κ) (the normalizer ratio)."""
+    from mvl.ae.sphere_vae import posterior_quadrature
+    from mvl.ae.vmf import HypersphericalUniform
+
+    class VMFLikelihood(torch.nn.Module):
+        def __init__(self, kappa):
+            super().__init__()
+            self.kappa = torch.nn.Parameter(torch.tensor(kappa, dtype=torch.float64))
+
+        def log_prob(self, x, z):  # x holds the mean directions μ_x [n, 3]; z [m, n, 3]
+            return self.kappa * (x * z).sum(-1)
+
+    class Model(torch.nn.Module):
+        def __init__(self, kappa):
+            super().__init__()
+            self.prior, self.decoder = HypersphericalUniform(2), VMFLikelihood(kappa)
+
+    mu = torch.nn.functional.normalize(torch.tensor([[0.3, -0.5, 0.8], [0.0, 0.0, -1.0]], dtype=torch.float64), dim=1)
+    for kappa in (2.0, 30.0):
+        model = Model(kappa)
+        nodes, w = posterior_quadrature(model, mu)
+        assert torch.allclose(w.sum(1), torch.ones(2, dtype=torch.float64))
+        a3 = 1 / math.tanh(kappa) - 1 / kappa
+        assert torch.allclose(w @ nodes, a3 * mu, atol=1e-6), (w @ nodes, a3 * mu)
+        exact = math.log(math.sinh(kappa) / kappa)
+        assert torch.allclose(log_likelihood_quadrature(model, mu), torch.full((2,), exact, dtype=torch.float64), atol=1e-8)
+
+
+def test_quadrature_log_joint_matches_the_decoder_log_prob_and_second_moments_of_a_vmf_posterior():
+    """The one-matrix-product form of log p(x|z) on the grid equals the decoder's own log_prob; and for the vMF
+    likelihood κμᵀz the posterior's second moments match the closed form of vMF(μ, κ) on S²:
+    E[(zᵀμ)²] = 1 − 2A₃(κ)/κ, and A₃(κ)/κ along each direction orthogonal to μ."""
+    from mvl.ae.sphere_vae import _grid_log_joint, posterior_quadrature
+
+    torch.manual_seed(1)
+    model = build_model("implicit", "sphere", 2, hidden=16, input_dim=20)
+    x = torch.bernoulli(torch.full((3, 20), 0.4))
+    pts, lj = _grid_log_joint(model, x, 20, 100)
+    with torch.no_grad():
+        direct = model.decoder.log_prob(x, pts.float()[:, None, :].expand(-1, 3, -1)).double()
+    log_w = lj - direct
+    assert torch.allclose(log_w, log_w[:, :1].expand_as(log_w), atol=1e-4)  # the difference is the weight only
+
+    class Lik(torch.nn.Module):
+        def __init__(self, kappa):
+            super().__init__()
+            self.kappa = kappa
+            self.dummy = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+        def forward(self, z):  # not a Bernoulli decoder: log_prob is what posterior_quadrature must not need
+            raise AssertionError
+
+        def log_prob(self, x, z):
+            return self.kappa * (x * z).sum(-1)
+
+    from mvl.ae.vmf import HypersphericalUniform
+
+    class M(torch.nn.Module):
+        def __init__(self, kappa):
+            super().__init__()
+            self.prior, self.decoder = HypersphericalUniform(2), Lik(kappa)
+
+    mu = torch.nn.functional.normalize(torch.tensor([[0.3, -0.5, 0.8]], dtype=torch.float64), dim=1)
+    perp = torch.nn.functional.normalize(torch.tensor([[0.5, 0.3, 0.0]], dtype=torch.float64), dim=1)
+    for kappa in (5.0, 50.0):
+        nodes, w = posterior_quadrature(M(kappa), mu)
+        a3 = 1 / math.tanh(kappa) - 1 / kappa
+        along = (w[0] * (nodes @ mu[0]) ** 2).sum()
+        across = (w[0] * (nodes @ perp[0]) ** 2).sum()
+        assert abs(along - (1 - 2 * a3 / kappa)) < 1e-6 and abs(across - a3 / kappa) < 1e-6, (kappa, along, across)

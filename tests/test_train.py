@@ -326,3 +326,11 @@ def test_the_chapter_8_recipes_follow_the_seed_paper():
     assert get_recipe("ch8-vampprior").n_pseudo == 16 and get_recipe("ch8-standard").prior == "standard"
     # chapter 7's recipes keep their settings (and so their fingerprints and committed models)
     assert "body" not in get_recipe("ch7-standard").settings()
+
+
+def test_the_run_record_names_the_commit_the_run_started_from(tmp_path, monkeypatch):
+    """A long run outlives commits made while it trains: the record gives the commit whose code it loaded."""
+    commits = iter(["aaaa", "bbbb+dirty", "cccc"])
+    monkeypatch.setattr(T, "git_commit", lambda: next(commits))
+    record = run(tiny(), tmp_path)
+    assert record["commit"] == "aaaa"

@@ -38,7 +38,7 @@ from .implicit import (
 )
 from .mnist import ImageData
 from .priors import DiagonalGaussian, StandardNormal
-from .vae import ELBO, VAE, _train_batches, rng_state, set_rng_state
+from .vae import ELBO, VAE, BernoulliDecoder, _train_batches, rng_state, set_rng_state
 from .vmf import HypersphericalUniform, VonMisesFisherEncoder, hidden_stack, vmf_elbo
 
 ENCODERS = ("explicit", "implicit")
@@ -118,30 +118,58 @@ def log_likelihood_ais(model: VAE | ImplicitVAE, x: torch.Tensor, n_temperatures
                      n_rejected_nonfinite=sum(p.n_rejected_nonfinite for p in parts))
 
 
+def _latent_grid(model: VAE | ImplicitVAE, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quadrature nodes of a two-dimensional latent space and their log weights times the prior density (see
+    :func:`log_likelihood_quadrature`), in float64."""
+    sphere = getattr(model.prior, "sphere", None)
+    dim = model.prior.sample(1).shape[-1]
+    if dim != (3 if sphere is not None else 2):
+        raise ValueError(f"quadrature needs a latent S^2 or R^2; this model's codes have {dim} coordinates "
+                         f"(use log_likelihood_ais)")
+    if sphere is not None:
+        pts, w = sphere.grid(resolution, dtype=torch.float64)
+        return pts, torch.log(w) - sphere.log_volume()
+    t = torch.linspace(-7, 7, 2 * resolution + 1, dtype=torch.float64)
+    a, b = torch.meshgrid(t, t, indexing="ij")
+    pts = torch.stack([a.reshape(-1), b.reshape(-1)], -1)
+    return pts, -0.5 * (pts**2).sum(-1) - math.log(2 * math.pi) + 2 * math.log(float(t[1] - t[0]))
+
+
+def _grid_log_joint(model, x: torch.Tensor, resolution: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nodes ``[m, d]`` and log p(x|z_j) + log(w_j p(z_j)) ``[m, len(x)]`` (float64). For a Bernoulli decoder
+    the logits ℓ_j are computed once per node: log p(x|z_j) = xᵀℓ_j + Σ_d log σ(−ℓ_jd), one matrix product for all
+    images; any other decoder is asked for ``log_prob`` at every (node, image) pair."""
+    pts, log_w = _latent_grid(model, resolution)
+    dtype = next(model.decoder.parameters()).dtype
+    parts = []
+    with torch.no_grad():
+        for c in pts.split(chunk):
+            c = c.to(dtype=dtype, device=x.device)
+            if isinstance(model.decoder, BernoulliDecoder):
+                logits = model.decoder(c).double()  # [chunk, D]
+                parts.append(logits @ x.double().T + F.logsigmoid(-logits).sum(-1, keepdim=True))
+            else:
+                parts.append(model.decoder.log_prob(x.to(dtype), c[:, None, :].expand(-1, len(x), -1)).double())
+    return pts, torch.cat(parts).cpu() + log_w[:, None]
+
+
 def log_likelihood_quadrature(model: VAE | ImplicitVAE, x: torch.Tensor, resolution: int = 200,
                               chunk: int = 8000) -> torch.Tensor:
     """Exact-up-to-quadrature log p(x) = log ∫ p(x|z) p(z) dz ``[len(x)]`` (float64) of a model with a
     two-dimensional latent space (chapter 9's check of AIS): on S² the product Gauss–Legendre × longitude rule
     of :meth:`mvl.manifolds.Sphere.grid` (``resolution`` × 2·``resolution`` nodes) against the uniform prior;
     in R² a ``(2·resolution + 1)²`` trapezoid grid on [−7, 7]² against N(0, I) (mass outside: < 1e-10)."""
-    sphere = getattr(model.prior, "sphere", None)
-    dim = model.prior.sample(1).shape[-1]
-    if dim != (3 if sphere is not None else 2):
-        raise ValueError(f"quadrature needs a latent S^2 or R^2; this model's codes have {dim} coordinates "
-                         f"(use log_likelihood_ais)")
-    with torch.no_grad():
-        if sphere is not None:
-            pts, w = sphere.grid(resolution, dtype=torch.float64)
-            log_w = torch.log(w) - sphere.log_volume()
-        else:
-            t = torch.linspace(-7, 7, 2 * resolution + 1, dtype=torch.float64)
-            a, b = torch.meshgrid(t, t, indexing="ij")
-            pts = torch.stack([a.reshape(-1), b.reshape(-1)], -1)
-            log_w = -0.5 * (pts**2).sum(-1) - math.log(2 * math.pi) + 2 * math.log(float(t[1] - t[0]))
-        dtype = next(model.decoder.parameters()).dtype
-        pts, x = pts.to(dtype=dtype, device=x.device), x.to(dtype)
-        ll = torch.cat([model.decoder.log_prob(x, c[:, None, :].expand(-1, len(x), -1)) for c in pts.split(chunk)])
-        return torch.logsumexp(ll.double() + log_w.to(ll.device)[:, None], 0)
+    _, lj = _grid_log_joint(model, x, resolution, chunk)
+    return torch.logsumexp(lj, 0)
+
+
+def posterior_quadrature(model: VAE | ImplicitVAE, x: torch.Tensor, resolution: int = 200,
+                         chunk: int = 8000) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact posterior p(z|x) of a model with a two-dimensional latent space on the quadrature nodes of
+    :func:`log_likelihood_quadrature`: nodes ``[m, d]`` and normalized weights ``[len(x), m]`` (float64), so that
+    ``weights @ f(nodes)`` is E[f(z) | x] (chapter 9: the true posterior an encoder should match)."""
+    pts, lj = _grid_log_joint(model, x, resolution, chunk)
+    return pts, torch.softmax(lj, 0).T
 
 
 class Table1Trainer:
@@ -288,5 +316,5 @@ def evaluate(model: VAE | ImplicitVAE, test: torch.Tensor, n_temperatures: int =
     return out
 
 
-__all__ = ["ENCODERS", "HISTORY_KEYS", "LATENTS", "SoftplusGaussianEncoder", "Table1Trainer", "build_model", "evaluate", "log_likelihood_quadrature",
+__all__ = ["ENCODERS", "HISTORY_KEYS", "LATENTS", "SoftplusGaussianEncoder", "Table1Trainer", "build_model", "evaluate", "log_likelihood_quadrature", "posterior_quadrature",
            "explicit_elbo", "log_likelihood_ais"]
