@@ -115,28 +115,37 @@ def test_quadrature_refuses_latent_spaces_it_cannot_integrate():
         log_likelihood_quadrature(build_model("explicit", "sphere", 8, hidden=8, input_dim=20), torch.zeros(2, 20))
 
 
+class _VMFLikelihood(torch.nn.Module):
+    """log p(x|z) = κ xᵀz with x a mean direction [n, 3]: not a Bernoulli decoder (no logits), so the quadrature
+    must use its ``log_prob``; with the uniform prior on S² the posterior is vMF(x, κ)."""
+
+    def __init__(self, kappa):
+        super().__init__()
+        self.kappa = torch.nn.Parameter(torch.tensor(kappa, dtype=torch.float64))
+
+    def forward(self, z):
+        raise AssertionError("the quadrature must not ask a non-Bernoulli decoder for logits")
+
+    def log_prob(self, x, z):  # z [m, n, 3]
+        return self.kappa * (x * z).sum(-1)
+
+
+def _vmf_likelihood_model(kappa):
+    from mvl.ae.vmf import HypersphericalUniform
+
+    model = torch.nn.Module()
+    model.prior, model.decoder = HypersphericalUniform(2), _VMFLikelihood(kappa)
+    return model
+
+
 def test_posterior_quadrature_recovers_a_von_mises_fisher_posterior():
     """With log p(x|z) = κ μ_xᵀz and the uniform prior on S², p(z|x) is vMF(μ_x, κ): the quadrature posterior's
     mean is A₃(κ) μ_x (A₃(κ) = coth κ − 1/κ) to 1e-6, and log p(x) = log(sinh κ / κ) (the normalizer ratio)."""
     from mvl.ae.sphere_vae import posterior_quadrature
-    from mvl.ae.vmf import HypersphericalUniform
-
-    class VMFLikelihood(torch.nn.Module):
-        def __init__(self, kappa):
-            super().__init__()
-            self.kappa = torch.nn.Parameter(torch.tensor(kappa, dtype=torch.float64))
-
-        def log_prob(self, x, z):  # x holds the mean directions μ_x [n, 3]; z [m, n, 3]
-            return self.kappa * (x * z).sum(-1)
-
-    class Model(torch.nn.Module):
-        def __init__(self, kappa):
-            super().__init__()
-            self.prior, self.decoder = HypersphericalUniform(2), VMFLikelihood(kappa)
 
     mu = torch.nn.functional.normalize(torch.tensor([[0.3, -0.5, 0.8], [0.0, 0.0, -1.0]], dtype=torch.float64), dim=1)
     for kappa in (2.0, 30.0):
-        model = Model(kappa)
+        model = _vmf_likelihood_model(kappa)
         nodes, w = posterior_quadrature(model, mu)
         assert torch.allclose(w.sum(1), torch.ones(2, dtype=torch.float64))
         a3 = 1 / math.tanh(kappa) - 1 / kappa
@@ -160,29 +169,10 @@ def test_quadrature_log_joint_matches_the_decoder_log_prob_and_second_moments_of
     log_w = lj - direct
     assert torch.allclose(log_w, log_w[:, :1].expand_as(log_w), atol=1e-4)  # the difference is the weight only
 
-    class Lik(torch.nn.Module):
-        def __init__(self, kappa):
-            super().__init__()
-            self.kappa = kappa
-            self.dummy = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
-
-        def forward(self, z):  # not a Bernoulli decoder: log_prob is what posterior_quadrature must not need
-            raise AssertionError
-
-        def log_prob(self, x, z):
-            return self.kappa * (x * z).sum(-1)
-
-    from mvl.ae.vmf import HypersphericalUniform
-
-    class M(torch.nn.Module):
-        def __init__(self, kappa):
-            super().__init__()
-            self.prior, self.decoder = HypersphericalUniform(2), Lik(kappa)
-
     mu = torch.nn.functional.normalize(torch.tensor([[0.3, -0.5, 0.8]], dtype=torch.float64), dim=1)
     perp = torch.nn.functional.normalize(torch.tensor([[0.5, 0.3, 0.0]], dtype=torch.float64), dim=1)
     for kappa in (5.0, 50.0):
-        nodes, w = posterior_quadrature(M(kappa), mu)
+        nodes, w = posterior_quadrature(_vmf_likelihood_model(kappa), mu)
         a3 = 1 / math.tanh(kappa) - 1 / kappa
         along = (w[0] * (nodes @ mu[0]) ** 2).sum()
         across = (w[0] * (nodes @ perp[0]) ** 2).sum()

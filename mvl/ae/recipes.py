@@ -502,9 +502,7 @@ class Table1Recipe:
     fingerprint = VAERecipe.fingerprint
     with_changes = VAERecipe.with_changes
 
-    def settings(self) -> dict[str, Any]:
-        """The recipe as a plain dict, without the settings of :attr:`added_later` at their original value."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if self.added_later.get(k, object()) != v}
+    settings = VAERecipe.settings  # without the settings of :attr:`added_later` at their original value
 
     @property
     def epochs(self) -> int:
