@@ -6,6 +6,7 @@ Usage (from the repository root)::
     python -m mvl.train ch7-vampprior                   # train from scratch (refuses to overwrite a run)
     python -m mvl.train ch7-vampprior --resume --max-minutes 60 --threads 1
     python -m mvl.train ch7-vampprior --resume --export # publish the current best weights now
+    python -m mvl.train ch10-wae-mvl-sphere-short-seed1 --record-only  # a seed replicate: its record only
 
 A run checkpoints its whole state (:class:`mvl.ae.vae.VAETrainer`: weights, Adam, RNG states, epoch and
 update counters, early-stopping state, history) atomically between epochs, every ``--checkpoint-minutes``
@@ -15,7 +16,8 @@ the epochs since the last checkpoint. A checkpoint written by another version or
 recipe is refused (and left as it is). A NaN stops the run with the last good checkpoint kept.
 
 When the budget is spent or early stopping fires (or with ``--export``), the best weights are evaluated as
-the recipe says and published under ``trained/`` with a run record (:mod:`mvl.trained`).
+the recipe says and published under ``trained/`` with a run record (:mod:`mvl.trained`); a seed replicate
+(``--record-only``) publishes only its record, under ``trained/replicates/``.
 
 Several runs at once: recipes are independent processes. On a machine with several GPUs start one per GPU
 (``python -m mvl.train A --resume --device cuda:0 &``, ``... B --resume --device cuda:1 &``); on a cluster
@@ -123,9 +125,10 @@ def evaluate(recipe: VAERecipe, model: V.VAE, test: torch.Tensor, device: torch.
 def train_recipe(recipe: VAERecipe, *, resume: bool = False, restart: bool = False, max_minutes: float | None = None,
                  stop_after_epochs: int | None = None, checkpoint_minutes: float = 5.0, device: str = "auto",
                  export: bool = False, data: tuple | None = None, cache: Path | None = None, out: Path | None = None,
-                 progress: bool = True) -> dict[str, Any] | None:
+                 progress: bool = True, record_only: bool = False) -> dict[str, Any] | None:
     """Train ``recipe`` resumably (see the module docstring). Returns the run record once the weights are
-    published, or None when the run stopped at a checkpoint (time or epoch limit) to be resumed later."""
+    published, or None when the run stopped at a checkpoint (time or epoch limit) to be resumed later.
+    ``record_only``: publish the run record alone (:func:`mvl.trained.publish_record`), for seed replicates."""
     dev = get_device(device)
     ckpt = run_dir(recipe, cache) / "state.pt"
     if ckpt.exists() and not (resume or restart):
@@ -199,13 +202,17 @@ def train_recipe(recipe: VAERecipe, *, resume: bool = False, restart: bool = Fal
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"), "metrics": metrics,
         "curve": {k: hist[k] for k in trainer.history_keys},
     }
-    entry = trained.publish(recipe.name, model.state_dict(), record, out)
+    if record_only:  # a seed replicate: its record, not its weights (trained/'s size limit)
+        wrote = f"wrote the record {trained.publish_record(recipe.name, record, out)} (weights not kept)"
+    else:
+        entry = trained.publish(recipe.name, model.state_dict(), record, out)
+        wrote = f"wrote {entry['file']} (sha256 {entry['sha256'][:12]}…)"
     summary = recipe.summary(metrics) if hasattr(recipe, "summary") else (  # e.g. a classifier's accuracy
         f"test NLL {metrics['test_nll']:.2f} ± {metrics['test_nll_se'] or 0:.2f}"
         f"{' (log Z ± %.2f shared)' % metrics['log_z_se'] if 'log_z_se' in metrics else ''} ({recipe.eval_samples} samples, "
         f"{metrics['test_images']} images)")
     print(f"{recipe.name}: {'finished' if trainer.done else 'exported'} after {trainer.epoch} epochs; {summary}; "
-          f"wrote {entry['file']} (sha256 {entry['sha256'][:12]}…)", flush=True)
+          f"{wrote}", flush=True)
     return record
 
 
@@ -239,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", action="store_true", help="evaluate and publish the current best weights now")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:K")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--record-only", action="store_true",
+                        help="publish the run record without the weights (seed replicates: trained/replicates/)")
     parser.add_argument("--out", type=Path, default=None, help="where to publish (default: the repository's trained/)")
     args = parser.parse_args(argv)
     if args.list:
@@ -263,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_recipe(recipe, resume=args.resume, restart=args.restart, max_minutes=args.max_minutes,
                      stop_after_epochs=args.stop_after_epochs, checkpoint_minutes=args.checkpoint_minutes,
-                     device=args.device, export=args.export, out=args.out)
+                     device=args.device, export=args.export, out=args.out, record_only=args.record_only)
     except (FileExistsError, ValueError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

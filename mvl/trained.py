@@ -34,7 +34,9 @@ MANIFEST_NAME = "MANIFEST.json"
 URL_ENV = "MVL_TRAINED_URL"
 """If set, the base URL that trained models are downloaded from (e.g. ``file:///path/to/trained/``)."""
 MAX_TOTAL_BYTES = 60 * 1024 * 1024
-"""The committed folder stays below 60 MB in total."""
+"""The committed weights stay below 60 MB (MiB) in total."""
+REPLICATES_DIR = "replicates"
+"""Subfolder of ``trained/`` with the run records of seed replicates whose weights are not kept."""
 
 
 def rebuild_command(name: str) -> str:
@@ -101,6 +103,40 @@ def publish(name: str, state_dict: dict[str, torch.Tensor], record: dict[str, An
     return manifest[name]
 
 
+def publish_record(name: str, record: dict[str, Any], folder: Path | None = None) -> Path:
+    """Write only the run record, ``replicates/NAME.json``: a seed replicate whose weights are not kept (the
+    folder's size limit), with its metrics, learning curve and provenance. Rebuild its weights with
+    ``python -m mvl.train NAME`` (the record's fingerprint says with which settings)."""
+    folder = TRAINED_DIR if folder is None else Path(folder)
+    path = folder / REPLICATES_DIR / f"{name}.json"
+    _write_atomic(path, lambda p: p.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n"))
+    return path
+
+
+def load_record(name: str, recipe_version: int, fingerprint: str, folder: Path | None = None,
+                cache: Path | None = None) -> dict[str, Any]:
+    """The run record of a seed replicate (:func:`publish_record`), after checking that it was made by this
+    version and these settings of recipe ``name``; ``KeyError`` if there is none, ``ValueError`` if stale."""
+    folder = TRAINED_DIR if folder is None else Path(folder)
+    path = folder / REPLICATES_DIR / f"{name}.json"
+    if not path.exists() and folder == TRAINED_DIR and not (TRAINED_DIR / MANIFEST_NAME).exists():
+        from .ae.mnist import data_dir  # no repository here (Colab): the raw file, into the cache
+
+        path = (Path(cache) if cache is not None else data_dir() / "trained") / REPLICATES_DIR / f"{name}.json"
+        if not path.exists():
+            _download(raw_base_url() + f"{REPLICATES_DIR}/{name}.json", path)
+    if not path.exists():
+        raise KeyError(f"no run record for the replicate {name!r} in {path.parent}; train it with: "
+                       f"python -m mvl.train {name} --record-only")
+    record = json.loads(path.read_text())
+    found = (record.get("recipe"), record.get("recipe_version"), record.get("fingerprint"))
+    if found != (name, recipe_version, fingerprint):
+        raise ValueError(f"{path} was made by recipe {found[0]!r} version {found[1]} (settings {found[2]}), not by "
+                         f"{name!r} version {recipe_version} (settings {fingerprint}): the record is stale; rebuild it "
+                         f"with python -m mvl.train {name} --record-only")
+    return record
+
+
 def _download(url: str, path: Path, timeout: float = 60.0) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -163,5 +199,5 @@ def load(name: str, recipe_version: int, folder: Path | None = None, cache: Path
     return state, entry, json.loads(path.read_text())
 
 
-__all__ = ["MANIFEST_NAME", "load", "TRAINED_DIR", "URL_ENV", "load_state_dict", "publish", "raw_base_url", "read_manifest",
-           "rebuild_command", "sha256"]
+__all__ = ["MANIFEST_NAME", "REPLICATES_DIR", "load", "load_record", "TRAINED_DIR", "URL_ENV", "load_state_dict", "publish",
+           "publish_record", "raw_base_url", "read_manifest", "rebuild_command", "sha256"]

@@ -596,6 +596,10 @@ RECIPES: dict[str, VAERecipe] = {
                     f"20 000 steps, 10 % of the paper's 2e5; otherwise as ch10-wae-{reg}-{lat}",
                     latent=lat, regularizer=reg, steps=20_000)
           for reg in ("mvl", "gan") for lat in ("sphere", "euclidean")),
+        *(WAERecipe(f"ch10-wae-{reg}-{lat}-short-seed{seed}", 1, 10, f"seed replicate {seed} of "
+                    f"ch10-wae-{reg}-{lat}-short (train with --record-only: its run record is kept, not its weights)",
+                    latent=lat, regularizer=reg, steps=20_000, seed=seed)
+          for seed in (1, 2) for reg in ("mvl", "gan") for lat in ("sphere", "euclidean")),
         *(_ch9(e, lat, n) for n in (8, 32) for e in ("explicit", "implicit") for lat in ("euclidean", "sphere")),
     )
 }
