@@ -187,6 +187,29 @@ def test_adamnormgrad_is_scale_free_and_moves_each_tensor_by_about_lr():
     assert torch.allclose(a, b, atol=1e-8) and not torch.allclose(a, plain, atol=1e-4)
 
 
+def test_a_seed_replicate_publishes_its_record_without_weights(tmp_path):
+    record = run(tiny(seed=1), tmp_path, record_only=True)
+    out = tmp_path / "out"
+    assert not (out / "tiny.pt").exists() and not (out / "MANIFEST.json").exists()
+    assert json.loads((out / trained.REPLICATES_DIR / "tiny.json").read_text()) == record
+    loaded = trained.load_record("tiny", 1, tiny(seed=1).fingerprint(), out)
+    assert loaded["settings"]["seed"] == 1 and loaded["metrics"] == record["metrics"]
+    with pytest.raises(ValueError, match="stale"):
+        trained.load_record("tiny", 2, tiny(seed=1).fingerprint(), out)
+    with pytest.raises(ValueError, match="stale"):  # same name and version, other settings (seed 0)
+        trained.load_record("tiny", 1, tiny().fingerprint(), out)
+    with pytest.raises(KeyError, match="--record-only"):
+        trained.load_record("other", 1, tiny().fingerprint(), out)
+
+
+def test_committed_replicate_records_match_their_recipes():
+    """Every record under trained/replicates/ was made by the current version and settings of its recipe."""
+    for path in sorted((trained.TRAINED_DIR / trained.REPLICATES_DIR).glob("*.json")):
+        recipe = get_recipe(path.stem)
+        record = trained.load_record(recipe.name, recipe.version, recipe.fingerprint())
+        assert record["finished"] and record["settings"]["seed"] == recipe.seed, path
+
+
 def test_committed_models_keep_their_fingerprints():
     """Adding a recipe setting must not orphan committed weights: each record's fingerprint is the recipe's."""
     for name, entry in trained.read_manifest().items():
@@ -334,3 +357,14 @@ def test_the_run_record_names_the_commit_the_run_started_from(tmp_path, monkeypa
     monkeypatch.setattr(T, "git_commit", lambda: next(commits))
     record = run(tiny(), tmp_path)
     assert record["commit"] == "aaaa"
+
+
+def test_the_chapter_10_seed_replicates_differ_from_their_recipe_only_in_the_seed():
+    drop = ("name", "description", "seed")
+    for seed in (1, 2):
+        for reg in ("mvl", "gan"):
+            for lat in ("sphere", "euclidean"):
+                base, rep = get_recipe(f"ch10-wae-{reg}-{lat}-short"), get_recipe(f"ch10-wae-{reg}-{lat}-short-seed{seed}")
+                assert rep.seed == seed != base.seed
+                assert {k: v for k, v in rep.settings().items() if k not in drop} == \
+                    {k: v for k, v in base.settings().items() if k not in drop}
