@@ -112,13 +112,16 @@ class VAERecipe:
     def build(self, train_probs: torch.Tensor | None = None) -> V.VAE:
         """The untrained model, seeded: the VampPrior's pseudo-inputs are K training images drawn with the
         recipe's seed (``train_probs``, gray levels ``[n, 784]``; required for ``prior="vamp"``), or with
-        ``pseudo_init="random"`` the released code's start, pseudo-input logits N(−0.05, 0.01²) (gray ≈ 0.49);
+        ``pseudo_init="random"`` the released code's start for MNIST, pixels N(0.05, 0.01²) clipped to [0, 1]
+        (its ``utils/load_data.py`` sets ``pseudoinputs_mean = 0.05``, overriding the command line's −0.05, and
+        ``Model.add_pseudoinputs`` clips with a hard tanh; :class:`mvl.ae.priors.VampPrior` keeps them in
+        [0.02, 0.98] through its sigmoid parameterization);
         ``weight_init="he"`` re-draws the encoder's and decoder's linear weights from N(0, 2/fan_in)."""
         torch.manual_seed(self.seed)
         init: torch.Tensor | str = "random"
         if self.prior == "vamp":
             if self.pseudo_init == "random":
-                init = torch.sigmoid(-0.05 + 0.01 * torch.randn(self.n_pseudo, 784))
+                init = (0.05 + 0.01 * torch.randn(self.n_pseudo, 784)).clamp(0, 1)
             elif train_probs is None:
                 raise ValueError(f"recipe {self.name}: the VampPrior needs training images to start its pseudo-inputs")
             else:
