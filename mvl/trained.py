@@ -103,6 +103,18 @@ def publish(name: str, state_dict: dict[str, torch.Tensor], record: dict[str, An
     return manifest[name]
 
 
+def update_record(name: str, record: dict[str, Any], folder: Path | None = None) -> Path:
+    """Rewrite the run record ``NAME.json`` of a published model (e.g. with per-image values added by a
+    re-evaluation, :func:`mvl.train.reevaluate`); its weights and manifest entry stay as they are."""
+    folder = TRAINED_DIR if folder is None else Path(folder)
+    manifest = read_manifest(folder)
+    if name not in manifest:
+        raise KeyError(f"no published model {name!r} in {folder}; publish it first ({rebuild_command(name)})")
+    path = folder / manifest[name]["record"]
+    _write_atomic(path, lambda p: p.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n"))
+    return path
+
+
 def publish_record(name: str, record: dict[str, Any], folder: Path | None = None) -> Path:
     """Write only the run record, ``replicates/NAME.json``: a seed replicate whose weights are not kept (the
     folder's size limit), with its metrics, learning curve and provenance. Rebuild its weights with
@@ -200,4 +212,4 @@ def load(name: str, recipe_version: int, folder: Path | None = None, cache: Path
 
 
 __all__ = ["MANIFEST_NAME", "REPLICATES_DIR", "load", "load_record", "TRAINED_DIR", "URL_ENV", "load_state_dict", "publish",
-           "publish_record", "raw_base_url", "read_manifest", "rebuild_command", "sha256"]
+           "publish_record", "raw_base_url", "read_manifest", "rebuild_command", "sha256", "update_record"]

@@ -212,6 +212,25 @@ def test_committed_replicate_records_match_their_recipes():
         assert record["finished"] and record["settings"]["seed"] == recipe.seed, path
 
 
+def test_reevaluation_adds_per_image_values_and_refuses_a_record_it_cannot_reproduce(tmp_path):
+    record = run(tiny(), tmp_path)
+    out = tmp_path / "out"
+    per_image = record["metrics"].pop("per_image_nll")  # a record from before per-image values were kept
+    assert len(per_image) == 8 and sum(per_image) / 8 == pytest.approx(record["metrics"]["test_nll"], abs=1e-3)
+    trained.update_record("tiny", record, out)
+    updated = T.reevaluate(tiny(), device="cpu", folder=out, data=tiny_data())
+    assert updated["metrics"]["per_image_nll"] == per_image  # same seed, same images: the same numbers
+    assert json.loads((out / "tiny.json").read_text()) == updated and "reevaluated" in updated
+    assert trained.load_state_dict("tiny", 1, out)[1]["metrics"] == {  # the manifest entry is untouched
+        k: v for k, v in record["metrics"].items()}
+    updated["metrics"]["test_nll"] += 0.5  # a record the weights do not reproduce is left as it is
+    trained.update_record("tiny", updated, out)
+    before = (out / "tiny.json").read_text()
+    with pytest.raises(ValueError, match="test_nll"):
+        T.reevaluate(tiny(), device="cpu", folder=out, data=tiny_data())
+    assert (out / "tiny.json").read_text() == before
+
+
 def test_committed_models_keep_their_fingerprints():
     """Adding a recipe setting must not orphan committed weights: each record's fingerprint is the recipe's."""
     for name, entry in trained.read_manifest().items():
