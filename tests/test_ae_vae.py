@@ -299,3 +299,22 @@ def test_variance_explained_is_scale_free():
     assert shares[0][0] > 0.95 and shares[0][1] == 0
     acts = [V.active_units(V.VAE(Enc(s), None, V.StandardNormal(2)), x)[0] for s in (0.05, 5.0)]
     assert acts == [0, 1]  # the absolute threshold calls the same unit inactive at a small scale
+
+
+def test_train_vae_can_use_the_released_codes_normalized_gradient_adam(monkeypatch):
+    """train_vae(optimizer=...) reaches the training loop (chapter 7's paper profile): the trainer steps with
+    AdamNormGrad (tested on its own in test_train.py) instead of Adam; an unknown optimizer is refused."""
+    made = []
+    real = V.VAETrainer.__init__
+
+    def spy(self, *args, **kw):
+        real(self, *args, **kw)
+        made.append(type(self.opt).__name__)
+
+    monkeypatch.setattr(V.VAETrainer, "__init__", spy)
+    for opt in ("adam", "adamnormgrad"):
+        torch.manual_seed(0)
+        V.train_vae(tiny_vae(), binary_data(8), epochs=1, batch_size=4, progress=False, optimizer=opt)
+    assert made == ["Adam", "AdamNormGrad"]
+    with pytest.raises(ValueError, match="optimizer"):
+        V.train_vae(tiny_vae(), binary_data(4), epochs=1, optimizer="sgd")

@@ -1,5 +1,6 @@
 """Consistency of the book: configuration, table of contents, notebooks' conventions, citations."""
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -83,6 +84,12 @@ def test_notebook_conventions(path):
     params = source(cells[tagged[0]])
     for line in ('profile = "book"', 'device = "auto"', "seed = 0"):
         assert line in params, f"{path.name}: the parameters cell must contain {line!r}"
+    # every other knob is None in the cell, so that its profile's default applies (a literal value would
+    # override it in every profile, e.g. retrain = False in the paper profile, which should train)
+    literal = [t.targets[0].id for t in ast.parse(params).body if isinstance(t, ast.Assign)
+               and t.targets[0].id not in ("profile", "device", "seed")
+               and not (isinstance(t.value, ast.Constant) and t.value.value is None)]
+    assert not literal, f"{path.name}: parameters {literal} must default to None (their profile's value applies)"
     assert "injected-parameters" not in json.dumps(nb), f"{path.name}: stored notebook has papermill-injected parameters"
     after = source(cells[tagged[0] + 1])
     assert "mvl.setup(" in after, f"{path.name}: the cell after the parameters cell must call mvl.setup(...)"

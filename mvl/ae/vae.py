@@ -507,6 +507,7 @@ def train_vae(
     checkpoint: str | Path | None = None,
     progress: bool = True,
     desc: str | None = None,
+    optimizer: str = "adam",
 ) -> dict[str, Any]:
     """Fit a VAE with Adam on the β-weighted ELBO, KL warm-up and early stopping (chapter 7).
 
@@ -515,8 +516,9 @@ def train_vae(
     linearly over the first ``warmup`` epochs (:func:`kl_weight`, per update); once β = 1, the validation
     ELBO is checked after every epoch, the best weights are kept, and training stops after ``patience``
     epochs without improvement; the best weights are restored at the end (the recipe of Tomczak &
-    Welling, 2018: warm-up 100 epochs, lr 5·10⁻⁴, batch 100, patience 50). The loop is
-    :class:`VAETrainer`; ``python -m mvl.train`` runs the same loop resumably.
+    Welling, 2018: warm-up 100 epochs, lr 5·10⁻⁴, batch 100, patience 50). ``optimizer="adamnormgrad"``
+    uses the released code's :class:`AdamNormGrad` instead of Adam. The loop is :class:`VAETrainer`;
+    ``python -m mvl.train`` runs the same loop resumably.
 
     If ``checkpoint`` names an existing file, the weights and history stored there are loaded instead of
     training (``history["loaded"]`` is then True; a file that does not fit the model is ignored with a
@@ -526,7 +528,8 @@ def train_vae(
     ``train_kl``, ``valid_elbo``, ``valid_reconstruction``, ``valid_kl``, ``seconds`` (cumulative), and
     ``best_epoch``, ``stopped_early``, ``train_seconds``, ``loaded``.
     """
-    trainer = VAETrainer(model, train, valid, epochs, batch_size, lr, warmup, patience, device, generator)
+    trainer = VAETrainer(model, train, valid, epochs, batch_size, lr, warmup, patience, device, generator,
+                         optimizer=optimizer)
     if checkpoint is not None and Path(checkpoint).exists():
         try:
             history = load_checkpoint(checkpoint, model)
