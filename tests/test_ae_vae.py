@@ -318,3 +318,56 @@ def test_train_vae_can_use_the_released_codes_normalized_gradient_adam(monkeypat
     assert made == ["Adam", "AdamNormGrad"]
     with pytest.raises(ValueError, match="optimizer"):
         V.train_vae(tiny_vae(), binary_data(4), epochs=1, optimizer="sgd")
+
+
+def test_per_unit_rate_of_a_standard_prior_is_the_closed_form_kl_of_each_unit():
+    """For N(0, I) the rate of unit u is E_x ½(μ_u² + σ_u² − 1 − log σ_u²), and the rates add up to the KL term."""
+    model = tiny_vae(latent=3, input_dim=8)
+    x = binary_data(4000)
+    torch.manual_seed(1)
+    rate, se = V.per_unit_rate(model, x)
+    with torch.no_grad():
+        q = model.encoder(x)
+        exact = (0.5 * (q.mean**2 + q.logvar.exp() - 1 - q.logvar)).mean(0)
+    assert rate.shape == (3,) and torch.all(se > 0)
+    assert torch.all((rate - exact).abs() < 4 * se), (rate, exact, se)
+    assert torch.all((2 * exact - exact).abs() > 4 * se)  # a factor-2 error would be seen
+    assert abs(rate.sum() - q.kl_standard_normal().mean()) < 4 * se.norm()
+
+
+@pytest.mark.parametrize("kind", ["vamp", "mog"])
+def test_the_priors_marginals_integrate_their_joint_density(kind):
+    """marginals(): p(z_1) = ∫ p(z_1, z_2) dz_2 for the mixture priors (quadrature over z_2 in d = 2)."""
+    from mvl.ae.priors import MixtureOfGaussians
+
+    torch.manual_seed(0)
+    if kind == "vamp":
+        enc = V.GaussianEncoder(8, 2, (8, 8)).double()
+        prior = VampPrior(enc, 5, 8)
+    else:
+        prior = MixtureOfGaussians(2, 5).double()
+        with torch.no_grad():
+            prior.logvars.copy_(torch.log(torch.rand(5, 2, dtype=torch.float64) + 0.3))
+    mean, logvar = prior.marginals()
+    assert mean.shape == logvar.shape == (5, 2)
+    z1 = torch.linspace(-3, 3, 7, dtype=torch.float64)
+    z2 = torch.linspace(-15, 15, 6001, dtype=torch.float64)
+    with torch.no_grad():
+        joint = prior.log_prob(torch.stack(torch.meshgrid(z1, z2, indexing="ij"), -1)).double().exp()  # [7, 6001]
+        marginal = torch.trapezoid(joint, z2, dim=1)
+        mean, logvar = mean.double(), logvar.double()
+        ours = (torch.exp(-0.5 * (math.log(2 * math.pi) + logvar[:, 0] + (z1[:, None] - mean[:, 0]) ** 2
+                                  * torch.exp(-logvar[:, 0])))).mean(1)
+    assert torch.allclose(ours, marginal, rtol=1e-6, atol=1e-10), (ours, marginal)
+    with torch.no_grad():  # the other unit's marginal is not the answer (the check can fail)
+        other = (torch.exp(-0.5 * (math.log(2 * math.pi) + logvar[:, 1] + (z1[:, None] - mean[:, 1]) ** 2
+                                   * torch.exp(-logvar[:, 1])))).mean(1)
+    assert not torch.allclose(other, marginal, rtol=1e-3)
+
+
+def test_per_unit_rate_needs_gaussian_mixture_marginals():
+    from mvl.ae.priors import GRBM
+
+    model = V.VAE(V.GaussianEncoder(8, 2, (8,)), V.BernoulliDecoder(2, 8, (8,)), GRBM(2, 3))
+    with pytest.raises(NotImplementedError, match="GRBM"):
+        V.per_unit_rate(model, binary_data(4).float())

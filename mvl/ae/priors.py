@@ -90,6 +90,12 @@ class Prior(nn.Module):
     def sample(self, n: int) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one-dimensional marginals p(z_u) as equally weighted Gaussian mixtures: ``(means, logvars)``,
+        each ``[K, d]`` (for :func:`mvl.ae.vae.per_unit_rate`); priors whose marginals are not of this form
+        raise ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} has no Gaussian-mixture marginals")
+
 
 def _check_n(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -113,6 +119,11 @@ class StandardNormal(Prior):
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         return torch.randn(_check_n(n), self.dim, device=self._ref.device, dtype=self._ref.dtype)
+
+    def marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One component, N(0, 1) in every unit."""
+        zero = self._ref.new_zeros(1, self.dim)
+        return zero, zero
 
 
 class MixtureOfGaussians(Prior):
@@ -142,6 +153,10 @@ class MixtureOfGaussians(Prior):
         """Pick a component uniformly, then sample it."""
         k = torch.randint(0, self.n_components, (_check_n(n),), device=self.means.device)
         return DiagonalGaussian(self.means[k], self.logvars[k]).rsample()
+
+    def marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mixture's own components, unit by unit (a diagonal mixture's marginals are 1-D mixtures)."""
+        return self.means, self.logvars
 
 
 class VampPrior(Prior):
@@ -195,6 +210,11 @@ class VampPrior(Prior):
     def components(self) -> DiagonalGaussian:
         """The mixture components q(z | u_k), a batch of K diagonal Gaussians."""
         return self.encoder(self.pseudo_inputs())
+
+    def marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The components q(z | u_k), unit by unit."""
+        comp = self.components()
+        return comp.mean, comp.logvar
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) = logsumexp_k log q(z | u_k) − log K, for ``z`` of shape ``[..., d]``

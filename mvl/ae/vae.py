@@ -35,7 +35,7 @@ from torch import nn
 
 from ..fitting import check_finite
 from .mnist import ImageData, data_dir
-from .priors import DiagonalGaussian, MixtureOfGaussians, Prior, StandardNormal, VampPrior, mixture_log_prob
+from .priors import LOG_2PI, DiagonalGaussian, MixtureOfGaussians, Prior, StandardNormal, VampPrior, mixture_log_prob
 
 
 class GatedDense(nn.Module):
@@ -314,6 +314,29 @@ def variance_explained(model: VAE, x: torch.Tensor, batch_size: int = 1000) -> t
     within = torch.cat([q.logvar.exp() for q in posts]).mean(0)
     between = mean.var(0)
     return between / (between + within)
+
+
+@torch.no_grad()
+def per_unit_rate(model: VAE, x: torch.Tensor, batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per latent unit u, the rate E_x KL(q(z_u | x) ‖ p(z_u)) against the prior's one-dimensional marginal
+    (chapter 7), estimated with one z ~ q(z|x) per example: the mean over ``x`` of
+    log N(z_u; μ_u(x), σ²_u(x)) − log p(z_u), with p(z_u) = (1/K) Σ_k N(z_u; m_ku, s²_ku) from
+    :meth:`mvl.ae.priors.Prior.marginals` (in float64). It measures how many nats unit u alone carries and is
+    scale-free like :func:`variance_explained`. For a factorized prior (N(0, I)) the rates add up to the KL
+    term; for a mixture prior they need not, since the prior couples the units. Returns ``(rate, standard
+    error over examples)``, each ``[d]``."""
+    mean_p, logvar_p = (t.double() for t in model.prior.marginals())  # [K, d]
+    terms = []
+    for xb in x.split(batch_size):
+        q = model.encoder(xb)
+        mu, lv = q.mean.double(), q.logvar.double()
+        z = mu + torch.exp(0.5 * lv) * torch.randn_like(mu)  # [b, d]
+        log_q = -0.5 * (LOG_2PI + lv + (z - mu) ** 2 * torch.exp(-lv))
+        comp = -0.5 * (LOG_2PI + logvar_p + (z[:, None, :] - mean_p) ** 2 * torch.exp(-logvar_p))  # [b, K, d]
+        log_p = torch.logsumexp(comp, dim=1) - math.log(mean_p.shape[0])
+        terms.append(log_q - log_p)
+    t = torch.cat(terms)
+    return t.mean(0), t.std(0) / math.sqrt(len(t))
 
 
 def kl_weight(step: int, warmup_steps: int) -> float:
@@ -600,6 +623,6 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
 
 __all__ = [
     "ELBO", "VAE", "VAETrainer", "BernoulliDecoder", "GatedDense", "GaussianEncoder", "active_units", "build_vae",
-    "checkpoint_path", "elbo_surgery", "elu_mlp", "evaluate_elbo", "variance_explained", "gated_mlp", "kl_weight", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state",
+    "checkpoint_path", "elbo_surgery", "elu_mlp", "evaluate_elbo", "variance_explained", "gated_mlp", "kl_weight", "load_checkpoint", "per_unit_rate", "rng_state", "save_checkpoint", "set_rng_state",
     "train_vae",
 ]
