@@ -257,6 +257,10 @@ def test_elbo_surgery_splits_the_kl_term():
     torch.manual_seed(1)
     reps = torch.tensor([V.elbo_surgery(model, x)["kl"] for _ in range(20)])
     assert abs(reps.mean().item() - exact) < 4 * reps.std().item() / math.sqrt(20) + 1e-3
+    # standard errors over the examples: positive, and shrinking like 1/sqrt(N) (four times the examples)
+    big = V.elbo_surgery(model, x.repeat(4, 1), batch_size=64)
+    for key in ("kl_se", "mutual_information_se", "marginal_kl_se"):
+        assert out[key] > 0 and 0.3 < big[key] / out[key] < 0.7, (key, out[key], big[key])
 
 
 def test_elbo_surgery_information_is_large_for_distinct_sharp_posteriors():

@@ -284,7 +284,9 @@ def elbo_surgery(model: VAE, x: torch.Tensor, batch_size: int = 500) -> dict[str
     with I_q = E_x KL(q(z|x) ‖ q(z)) the mutual information between x and z under q (at most log N) and
     q(z) the aggregated posterior of the N examples in ``x``. One z_n ~ q(z|x_n) per example; log q(z_n)
     is the exact mixture over all N posteriors (:func:`mvl.ae.priors.mixture_log_prob`). The three numbers
-    are computed on the same draws, so ``kl = mutual_information + marginal_kl`` holds exactly.
+    are computed on the same draws, so ``kl = mutual_information + marginal_kl`` holds exactly; ``*_se`` are
+    their standard errors over the examples (the per-example terms are not independent, since every
+    log q(z_n) uses all N posteriors, so these are approximate).
     """
     posts = [model.encoder(xb) for xb in x.split(batch_size)]
     mean, logvar = torch.cat([q.mean for q in posts]), torch.cat([q.logvar for q in posts])
@@ -293,9 +295,11 @@ def elbo_surgery(model: VAE, x: torch.Tensor, batch_size: int = 500) -> dict[str
     log_q_cond = q_all.log_prob(z)
     log_q_marg = torch.cat([mixture_log_prob(zb, mean, logvar) for zb in z.split(batch_size)])
     log_p = model.prior.log_prob(z)
-    info, marg = (log_q_cond - log_q_marg).mean().item(), (log_q_marg - log_p).mean().item()
-    return {"kl": info + marg, "mutual_information": info, "marginal_kl": marg,
-            "log_n": math.log(x.shape[0])}
+    info_n, marg_n = (log_q_cond - log_q_marg).double(), (log_q_marg - log_p).double()
+    info, marg = info_n.mean().item(), marg_n.mean().item()
+    se = lambda t: (t.std() / math.sqrt(len(t))).item() if len(t) > 1 else float("nan")
+    return {"kl": info + marg, "mutual_information": info, "marginal_kl": marg, "kl_se": se(info_n + marg_n),
+            "mutual_information_se": se(info_n), "marginal_kl_se": se(marg_n), "log_n": math.log(x.shape[0])}
 
 
 @torch.no_grad()
