@@ -235,10 +235,17 @@ def reevaluate(recipe: str | VAERecipe, device: str = "auto", folder: Path | Non
     test = (data if data is not None else load_data(recipe))[2]
     metrics = evaluate(recipe, model, test, dev)
     old = record["metrics"]
-    for key in ("test_nll", "test_elbo", "fid", "test_accuracy"):
-        if key in old and key in metrics and abs(metrics[key] - old[key]) > REEVALUATION_TOLERANCE:
-            raise ValueError(f"{recipe.name}: the re-evaluation gives {key} = {metrics[key]:.4f}, the run record "
-                             f"{old[key]:.4f}; the weights or the evaluation changed, so the record was left as it is")
+    compared = [k for k in ("test_nll", "test_elbo", "fid", "test_accuracy") if k in old and k in metrics]
+    added = [k for k in metrics if k.startswith("per_image")]
+    if not compared or not added:
+        raise ValueError(f"{recipe.name}: its evaluation gives no {'per-image values' if compared else 'number the record holds'}"
+                         f" to {'add' if compared else 'compare'}; nothing was written")
+    for key in compared:
+        if abs(metrics[key] - old[key]) > REEVALUATION_TOLERANCE:
+            raise ValueError(f"{recipe.name}: the re-evaluation on {device_description(dev)} gives {key} = "
+                             f"{metrics[key]:.4f}, the run record {old[key]:.4f} (evaluated on {record['device']}); "
+                             f"the weights, the evaluation or the device's random numbers differ, so the record was "
+                             f"left as it is (re-evaluate on the record's kind of device)")
     record["metrics"].update({k: v for k, v in metrics.items() if k.startswith("per_image")})
     record["reevaluated"] = {"commit": git_commit(), "device": device_description(dev),
                              "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
@@ -313,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                      stop_after_epochs=args.stop_after_epochs, checkpoint_minutes=args.checkpoint_minutes,
                      device=args.device, export=args.export, out=args.out, record_only=args.record_only)
     except (FileExistsError, KeyError, ValueError, FloatingPointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted; the last checkpoint is in {run_dir(recipe)}; continue with --resume", file=sys.stderr)

@@ -110,6 +110,8 @@ def update_record(name: str, record: dict[str, Any], folder: Path | None = None)
     manifest = read_manifest(folder)
     if name not in manifest:
         raise KeyError(f"no published model {name!r} in {folder}; publish it first ({rebuild_command(name)})")
+    if record.get("recipe") != name:
+        raise ValueError(f"the record is of recipe {record.get('recipe')!r}, not {name!r}")
     path = folder / manifest[name]["record"]
     _write_atomic(path, lambda p: p.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n"))
     return path

@@ -375,3 +375,30 @@ def test_per_unit_rate_needs_gaussian_mixture_marginals():
     model = V.VAE(V.GaussianEncoder(8, 2, (8,)), V.BernoulliDecoder(2, 8, (8,)), GRBM(2, 3))
     with pytest.raises(NotImplementedError, match="GRBM"):
         V.per_unit_rate(model, binary_data(4).float())
+
+
+def test_per_unit_rate_against_a_mixture_prior_is_the_kl_term_in_one_dimension():
+    """With a 1-D latent the marginal is the whole prior: the rate is E_x E_q[log q(z|x) − log p(z)], here for
+    a 3-component mixture (a wrong mixture formula, e.g. a missing − log K or a mean instead of a logsumexp,
+    moves it by more than 4 s.e.)."""
+    from mvl.ae.priors import MixtureOfGaussians
+
+    torch.manual_seed(0)
+    enc = V.GaussianEncoder(8, 1, (8, 8)).double()
+    prior = MixtureOfGaussians(1, 3).double()
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([[-2.0], [0.5], [3.0]], dtype=torch.float64))
+        prior.logvars.copy_(torch.log(torch.tensor([[0.3], [1.0], [0.5]], dtype=torch.float64)))
+    model = V.VAE(enc, V.BernoulliDecoder(1, 8, (8,)).double(), prior)
+    x = binary_data(4000)
+    torch.manual_seed(1)
+    rate, se = V.per_unit_rate(model, x)
+    with torch.no_grad():
+        q = model.encoder(x)
+        z = q.rsample(200)  # [200, n, 1]
+        ref = (q.log_prob(z) - prior.log_prob(z)).mean().item()
+        m, lv = prior.means.double(), prior.logvars.double()
+        comp = -0.5 * (math.log(2 * math.pi) + lv[:, 0] + (z[..., :1] - m[:, 0]) ** 2 * torch.exp(-lv[:, 0]))
+        no_log_k = (q.log_prob(z) - torch.logsumexp(comp, -1)).mean().item()  # the mixture without - log K
+    assert abs(rate.item() - ref) < 4 * se.item(), (rate, ref, se)
+    assert abs(no_log_k - ref) == pytest.approx(math.log(3)) and math.log(3) > 4 * se.item()

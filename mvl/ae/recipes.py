@@ -115,7 +115,8 @@ class VAERecipe:
         ``pseudo_init="random"`` the released code's start for MNIST, pixels N(0.05, 0.01²) clipped to [0, 1]
         (its ``utils/load_data.py`` sets ``pseudoinputs_mean = 0.05``, overriding the command line's −0.05, and
         ``Model.add_pseudoinputs`` clips with a hard tanh; :class:`mvl.ae.priors.VampPrior` keeps them in
-        [0.02, 0.98] through its sigmoid parameterization);
+        [0.02, 0.98] through its sigmoid parameterization, whose slope at 0.05 is about 0.05, so they move about
+        twenty times more slowly than the code's clipped pixels: a difference that remains);
         ``weight_init="he"`` re-draws the encoder's and decoder's linear weights from N(0, 2/fan_in)."""
         torch.manual_seed(self.seed)
         init: torch.Tensor | str = "random"
