@@ -288,6 +288,17 @@ def _shutdown_kernels(base: str) -> None:
         urllib.request.urlopen(urllib.request.Request(f"{base}/api/kernels/{k['id']}", method="DELETE"), timeout=10)
 
 
+_KERNEL_IDLE_JS = """
+try {
+  const s = window.jupyterapp.shell.currentWidget.sessionContext.session;
+  return !!(s && s.kernel && s.kernel.connectionStatus === 'connected' && s.kernel.status === 'idle');
+} catch (e) { return false; }
+"""
+_RUN_ALL_JS = "window.jupyterapp.commands.execute('notebook:run-all-cells')"
+_ANY_CELL_RAN_JS = ("return Array.from(document.querySelectorAll('.jp-InputPrompt'))"
+                    ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
+
+
 @pytest.mark.parametrize("notebook", WIDGET_CHAPTERS, ids=[p.stem for p in WIDGET_CHAPTERS])
 def test_widgets_render_in_jupyterlab(driver, lab, notebook):
     """Run the chapter in JupyterLab (quick profile): its interactive explorer renders as live widgets."""
@@ -296,15 +307,22 @@ def test_widgets_render_in_jupyterlab(driver, lab, notebook):
     while time.time() < deadline and not driver.execute_script(
             "return !!(window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell'))"):
         time.sleep(1)
-    time.sleep(3)  # let the kernel start
-    driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    found, deadline = 0, time.time() + 300
+    # wait until this notebook's kernel is connected and idle: a run-all sent earlier can be dropped (seen on a
+    # loaded 2-core machine, where no cell ever started)
+    deadline = time.time() + 120
+    while time.time() < deadline and not driver.execute_script(_KERNEL_IDLE_JS):
+        time.sleep(1)
+    driver.execute_script(_RUN_ALL_JS)
+    found, deadline, started, resent = 0, time.time() + 300, time.time(), False
     while time.time() < deadline:
         found = driver.execute_script(
             "return document.querySelectorAll('.jp-OutputArea .widget-slider, .jp-OutputArea .widget-dropdown, "
             ".jp-OutputArea .widget-image, .jp-OutputArea .widget-toggle-buttons').length")
         if found:
             break
+        if not resent and time.time() - started > 60 and not driver.execute_script(_ANY_CELL_RAN_JS):
+            driver.execute_script(_RUN_ALL_JS)  # nothing started within a minute: the request was lost, send it again
+            resent = True
         time.sleep(2)
     SHOTS.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(SHOTS / f"jupyterlab_{notebook.stem}.png"))
