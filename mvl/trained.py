@@ -75,6 +75,11 @@ def _write_atomic(path: Path, write) -> None:
         raise
 
 
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    """Write a run record as sorted, indented JSON, atomically."""
+    _write_atomic(path, lambda p: p.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n"))
+
+
 def read_manifest(folder: Path | None = None) -> dict[str, Any]:
     folder = TRAINED_DIR if folder is None else Path(folder)
     path = folder / MANIFEST_NAME
@@ -87,7 +92,7 @@ def publish(name: str, state_dict: dict[str, torch.Tensor], record: dict[str, An
     weights = {k: (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()) for k, v in state_dict.items()}
     pt, js = folder / f"{name}.pt", folder / f"{name}.json"
     _write_atomic(pt, lambda p: torch.save(weights, p))
-    _write_atomic(js, lambda p: p.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n"))
+    _write_record(js, record)
     manifest = read_manifest(folder)
     manifest[name] = {
         "file": pt.name, "sha256": sha256(pt), "bytes": pt.stat().st_size, "record": js.name,
@@ -113,7 +118,7 @@ def update_record(name: str, record: dict[str, Any], folder: Path | None = None)
     if record.get("recipe") != name:
         raise ValueError(f"the record is of recipe {record.get('recipe')!r}, not {name!r}")
     path = folder / manifest[name]["record"]
-    _write_atomic(path, lambda p: p.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n"))
+    _write_record(path, record)
     return path
 
 
@@ -123,7 +128,7 @@ def publish_record(name: str, record: dict[str, Any], folder: Path | None = None
     ``python -m mvl.train NAME`` (the record's fingerprint says with which settings)."""
     folder = TRAINED_DIR if folder is None else Path(folder)
     path = folder / REPLICATES_DIR / f"{name}.json"
-    _write_atomic(path, lambda p: p.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n"))
+    _write_record(path, record)
     return path
 
 

@@ -26,9 +26,14 @@ from torch import nn
 LOG_2PI = math.log(2 * math.pi)
 
 
+def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z | mean, exp(logvar)) of each coordinate, not summed (arguments broadcast)."""
+    return -0.5 * (LOG_2PI + logvar + (z - mean) ** 2 * torch.exp(-logvar))
+
+
 def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(z | mean, diag(exp(logvar))), summed over the last dimension (arguments broadcast)."""
-    return -0.5 * (LOG_2PI + logvar + (z - mean) ** 2 * torch.exp(-logvar)).sum(-1)
+    return gaussian_log_density(z, mean, logvar).sum(-1)
 
 
 def mixture_log_prob(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -437,4 +442,5 @@ class GRBM(Prior):
         return z
 
 
-__all__ = ["DiagonalGaussian", "GRBM", "MixtureOfGaussians", "Prior", "StandardNormal", "VampPrior", "gaussian_log_prob", "mixture_log_prob"]
+__all__ = ["DiagonalGaussian", "GRBM", "MixtureOfGaussians", "Prior", "StandardNormal", "VampPrior",
+           "gaussian_log_density", "gaussian_log_prob", "mixture_log_prob"]

@@ -35,7 +35,8 @@ from torch import nn
 
 from ..fitting import check_finite
 from .mnist import ImageData, data_dir
-from .priors import LOG_2PI, DiagonalGaussian, MixtureOfGaussians, Prior, StandardNormal, VampPrior, mixture_log_prob
+from .priors import (DiagonalGaussian, MixtureOfGaussians, Prior, StandardNormal, VampPrior, gaussian_log_density,
+                     mixture_log_prob)
 
 
 class GatedDense(nn.Module):
@@ -335,8 +336,8 @@ def per_unit_rate(model: VAE, x: torch.Tensor, batch_size: int = 250) -> tuple[t
         q = model.encoder(xb)
         mu, lv = q.mean.double(), q.logvar.double()
         z = mu + torch.exp(0.5 * lv) * torch.randn_like(mu)  # [b, d]
-        log_q = -0.5 * (LOG_2PI + lv + (z - mu) ** 2 * torch.exp(-lv))
-        comp = -0.5 * (LOG_2PI + logvar_p + (z[:, None, :] - mean_p) ** 2 * torch.exp(-logvar_p))  # [b, K, d]
+        log_q = gaussian_log_density(z, mu, lv)
+        comp = gaussian_log_density(z[:, None, :], mean_p, logvar_p)  # [b, K, d]
         log_p = torch.logsumexp(comp, dim=1) - math.log(mean_p.shape[0])
         terms.append(log_q - log_p)
     t = torch.cat(terms)
