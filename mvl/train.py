@@ -8,6 +8,8 @@ Usage (from the repository root)::
     python -m mvl.train ch7-vampprior --resume --export # publish the current best weights now
     python -m mvl.train ch10-wae-mvl-sphere-short-seed1 --record-only  # a seed replicate: its record only
     python -m mvl.train ch7-vampprior --reevaluate      # add per-image values to an older run record
+    python -m mvl.train ch10-wae-mvl-sphere --adopt DIR # publish into trained/ what a run published into DIR
+    python -m mvl.train ch10-wae-mvl-sphere-short --retire  # drop superseded weights, keep the run record
 
 A run checkpoints its whole state (:class:`mvl.ae.vae.VAETrainer`: weights, Adam, RNG states, epoch and
 update counters, early-stopping state, history) atomically between epochs, every ``--checkpoint-minutes``
@@ -25,7 +27,7 @@ Several runs at once: recipes are independent processes. On a machine with sever
 submit a job array whose task i runs ``python -m mvl.train "${RECIPES[$i]}" --resume --max-minutes 230``
 (SLURM: ``#SBATCH --array=0-1``, resubmit until the run records appear). Point ``MVL_DATA`` at a shared
 folder so that every job finds its checkpoint, and use ``--out`` to collect the records and weights in one
-folder; copy them into ``trained/`` and commit (the manifest entries merge).
+folder; then ``--adopt DIR`` publishes each into ``trained/`` (checksum-verified), and commit.
 """
 
 from __future__ import annotations
@@ -292,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record-only", action="store_true",
                         help="publish the run record without the weights (seed replicates: trained/replicates/)")
     parser.add_argument("--out", type=Path, default=None, help="where to publish (default: the repository's trained/)")
+    parser.add_argument("--adopt", type=Path, default=None, metavar="DIR",
+                        help="publish into trained/ (or --out) the model that a run published into DIR, checksum-verified")
+    parser.add_argument("--retire", action="store_true",
+                        help="drop the published weights and keep the run record under trained/replicates/")
     args = parser.parse_args(argv)
     if args.list:
         for r in RECIPES.values():
@@ -315,6 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.reevaluate:
             reevaluate(recipe, device=args.device, folder=args.out)
+            return 0
+        if args.adopt is not None or args.retire:
+            if args.adopt is not None and args.retire:
+                parser.error("--adopt and --retire exclude each other")
+            if args.retire:
+                print(f"kept the run record as {trained.retire(recipe.name, args.out)}; the weights are gone")
+            else:
+                entry = trained.adopt(recipe.name, args.adopt, args.out)
+                print(f"published {recipe.name} ({entry['bytes'] / 2**20:.1f} MiB, sha256 {entry['sha256'][:12]}…)")
             return 0
         train_recipe(recipe, resume=args.resume, restart=args.restart, max_minutes=args.max_minutes,
                      stop_after_epochs=args.stop_after_epochs, checkpoint_minutes=args.checkpoint_minutes,

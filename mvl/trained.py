@@ -132,6 +132,35 @@ def publish_record(name: str, record: dict[str, Any], folder: Path | None = None
     return path
 
 
+def retire(name: str, folder: Path | None = None) -> Path:
+    """Drop the weights of the published model ``name`` and keep its run record as a replicate's,
+    ``replicates/NAME.json`` (its manifest entry goes): to make room under the size limit when a model is
+    superseded (chapter 10's 20 000-update models, whose records its seed study still reads)."""
+    folder = TRAINED_DIR if folder is None else Path(folder)
+    manifest = read_manifest(folder)
+    if name not in manifest:
+        raise KeyError(f"no published model {name!r} in {folder} to retire")
+    entry = manifest.pop(name)
+    record = json.loads((folder / entry["record"]).read_text())
+    path = publish_record(name, record, folder)
+    _write_atomic(folder / MANIFEST_NAME, lambda p: p.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n"))
+    for file in (entry["file"], entry["record"]):
+        (folder / file).unlink()
+    return path
+
+
+def adopt(name: str, source: Path, folder: Path | None = None) -> dict:
+    """Publish into ``folder`` (default ``trained/``) the model ``name`` that a run published into ``source``
+    (``python -m mvl.train NAME --out SOURCE``), after verifying its checksum there."""
+    source = Path(source)
+    manifest = read_manifest(source)
+    if name not in manifest:
+        raise KeyError(f"no published model {name!r} in {source}; publish it there first "
+                       f"(python -m mvl.train {name} --out {source})")
+    state_dict, entry = load_state_dict(name, manifest[name]["recipe_version"], folder=source)
+    return publish(name, state_dict, json.loads((source / entry["record"]).read_text()), folder)
+
+
 def load_record(name: str, recipe_version: int, fingerprint: str, folder: Path | None = None,
                 cache: Path | None = None) -> dict[str, Any]:
     """The run record of a seed replicate (:func:`publish_record`), after checking that it was made by this

@@ -204,6 +204,33 @@ def test_a_seed_replicate_publishes_its_record_without_weights(tmp_path):
         trained.load_record("other", 1, tiny().fingerprint(), out)
 
 
+def test_a_superseded_model_is_retired_to_its_record_and_a_run_elsewhere_is_adopted(tmp_path):
+    """retire: the weights and manifest entry go, the record stays as a replicate's; adopt: a model published
+    into another folder (--out) is verified there and published here with the same weights and record."""
+    record = run(tiny(), tmp_path)
+    out, repo = tmp_path / "out", tmp_path / "repo"
+    entry = trained.adopt("tiny", out, repo)
+    assert entry["sha256"] == trained.sha256(repo / "tiny.pt") and json.loads((repo / "tiny.json").read_text()) == record
+    sd_out, sd_repo = trained.load_state_dict("tiny", 1, out)[0], trained.load_state_dict("tiny", 1, repo)[0]
+    assert sd_out.keys() == sd_repo.keys() and all(torch.equal(sd_out[k], sd_repo[k]) for k in sd_out)
+    with pytest.raises(KeyError, match="--out"):
+        trained.adopt("other", out, repo)
+    (out / "tiny.pt").write_bytes((out / "tiny.pt").read_bytes()[:-1] + b"x")  # a corrupted source is refused
+    with pytest.raises(ValueError, match="SHA-256|sha256|checksum"):
+        trained.adopt("tiny", out, tmp_path / "elsewhere")
+    path = trained.retire("tiny", repo)
+    assert path == repo / trained.REPLICATES_DIR / "tiny.json" and not (repo / "tiny.pt").exists()
+    assert not (repo / "tiny.json").exists() and "tiny" not in trained.read_manifest(repo)
+    assert trained.load_record("tiny", 1, tiny().fingerprint(), repo) == record
+    with pytest.raises(KeyError):
+        trained.load_state_dict("tiny", 1, repo)
+    with pytest.raises(KeyError, match="retire"):
+        trained.retire("tiny", repo)
+    # the command line: a folder without the model is a clear error (exit status 2), not a traceback
+    assert T.main(["ch10-wae-mvl-sphere", "--adopt", str(tmp_path / "empty"), "--out", str(repo)]) == 2
+    assert T.main(["ch10-wae-mvl-sphere", "--retire", "--out", str(repo)]) == 2
+
+
 def test_committed_replicate_records_match_their_recipes():
     """Every record under trained/replicates/ was made by the current version and settings of its recipe."""
     for path in sorted((trained.TRAINED_DIR / trained.REPLICATES_DIR).glob("*.json")):
