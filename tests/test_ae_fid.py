@@ -257,3 +257,24 @@ def test_a_tiny_classifier_recipe_trains_resumes_bit_for_bit_and_evaluates(tmp_p
     acc = one["metrics"]["test_accuracy"]
     assert acc - 0.1 > 10 * math.sqrt(0.1 * 0.9 / 600)
     assert one["curve"]["valid_accuracy"] == two["curve"]["valid_accuracy"]
+
+
+def test_a_classifier_recipe_scores_the_committed_generators_on_their_recorded_samples(lenet):
+    """ClassifierRecipe.score (what a second classifier's record holds for chapter 10): under the committed
+    classifier itself it must reproduce a committed WAE's recorded FID, since it decodes the same prior samples
+    (the WAE recipe's seed) and compares them with the same test images. The tolerance, 1e-4 relative (0.007 FID
+    units), is far below the FID's spread over sets of prior samples (0.26 to 1.8 units in chapter 10), so samples
+    drawn with another seed, or scored against other test images, would fail it. Bad names and sizes raise."""
+    model, _ = lenet
+    test = mnist("test", "static").tensor()
+    name = "ch10-wae-gan-sphere"
+    recipe = get_recipe("ch10-lenet").with_changes(name="lenet-scoring", score_generators=(name,))
+    assert "score_generators" in recipe.settings() and "score_generators" not in get_recipe("ch10-lenet").settings()
+    fids, hashes = recipe.score(model, test)
+    _, entry, record = trained.load(name, get_recipe(name).version)
+    print(f"{name}: FID {fids[name]:.4f}, recorded {record['metrics']['fid']:.4f}")
+    assert fids[name] == pytest.approx(record["metrics"]["fid"], rel=1e-4) and hashes[name] == entry["sha256"]
+    with pytest.raises(ValueError, match="WAE recipes"):
+        recipe.with_changes(score_generators=("ch10-lenet",)).score(model, test)
+    with pytest.raises(ValueError, match="eval_images"):
+        recipe.score(model, test[:600])

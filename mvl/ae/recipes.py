@@ -248,7 +248,10 @@ class ClassifierRecipe:
     with a decaying rate and an L2 penalty on the fully connected layers, on gray images): Adam, dynamic
     binarization, 50 000 training images. Evaluated by its accuracy on the statically binarized test set (with
     the binomial standard error) and by FID's sanity checks (:func:`mvl.ae.fid.fid_sanity_checks`: the test set
-    against the 10 000 held-out validation images, corrupted or collapsed)."""
+    against the 10 000 held-out validation images, corrupted or collapsed). ``score_generators`` names committed
+    WAE recipes whose FID is measured under this classifier too, on the very prior samples their own run records
+    were scored on (:meth:`WAERecipe.evaluate_model`): a second classifier's view of the same images, the
+    comparison of chapter 10's section "Does the classifier matter?"."""
 
     name: str
     version: int
@@ -262,7 +265,9 @@ class ClassifierRecipe:
     n_valid: int = 10_000
     eval_images: int = 10_000
     seed: int = 0
+    score_generators: tuple[str, ...] = ()
     eval_samples = 0  # a class attribute (not a setting): no importance sampling
+    added_later = {"score_generators": ()}  # left out of settings() at this value: older fingerprints stay
 
     def __post_init__(self):
         for field in ("epochs", "batch_size", "n_train", "n_valid", "eval_images"):
@@ -310,11 +315,37 @@ class ClassifierRecipe:
         acc = accuracy(model, test, labels)
         held_out = mnist("valid", binarize="static").subset(self.n_valid).tensor()
         checks = fid_sanity_checks(model, test, held_out, seed=self.seed)
-        return {"test_accuracy": acc, "test_accuracy_se": math.sqrt(acc * (1 - acc) / len(test)),
-                "test_images": len(test), "fid_held_out": checks["held_out"],
-                "fid_flip": {str(k): v for k, v in checks["flip"].items()},
-                "fid_blur": {str(k): v for k, v in checks["blur"].items()}, "fid_collapsed": checks["collapsed"],
-                "fid_held_out_images": checks["n_held_out"], "eval_seconds": time.perf_counter() - start}
+        metrics = {"test_accuracy": acc, "test_accuracy_se": math.sqrt(acc * (1 - acc) / len(test)),
+                   "test_images": len(test), "fid_held_out": checks["held_out"],
+                   "fid_flip": {str(k): v for k, v in checks["flip"].items()},
+                   "fid_blur": {str(k): v for k, v in checks["blur"].items()}, "fid_collapsed": checks["collapsed"],
+                   "fid_held_out_images": checks["n_held_out"]}
+        if self.score_generators:
+            metrics["fid_generators"], metrics["fid_generators_sha256"] = self.score(model, test)
+        return {**metrics, "eval_seconds": time.perf_counter() - start}
+
+    def score(self, model, test: torch.Tensor) -> tuple[dict[str, float], dict[str, str]]:
+        """FID under ``model`` of each of :attr:`score_generators` (committed, checksum-verified), from the prior
+        samples its run record was scored on: its recipe's seed and ``eval_images``, against ``test``."""
+        from .. import trained
+        from .fid import fid
+
+        fids, hashes = {}, {}
+        for name in self.score_generators:
+            gen = get_recipe(name)
+            if not isinstance(gen, WAERecipe):
+                raise ValueError(f"recipe {self.name}: score_generators must name WAE recipes, {name!r} is a "
+                                 f"{type(gen).__name__}")
+            if gen.eval_images != len(test):
+                raise ValueError(f"recipe {self.name}: {name} was scored on {gen.eval_images} images, this classifier "
+                                 f"on {len(test)}; give both the same eval_images")
+            state, entry = trained.load_state_dict(gen.name, gen.version)
+            generator = gen.skeleton()
+            generator.load_state_dict(state)
+            generator.to(test.device).eval()
+            samples = generator.sample(len(test), torch.Generator().manual_seed(gen.seed)).to(test.device)
+            fids[name], hashes[name] = fid(samples, test, model), entry["sha256"]
+        return fids, hashes
 
     def summary(self, metrics: dict[str, Any]) -> str:
         """The one line ``python -m mvl.train`` prints after publishing."""
@@ -588,6 +619,11 @@ RECIPES: dict[str, VAERecipe] = {
                        "epochs)", prior_objective="adversarial", energy_l2=0.01),
         ClassifierRecipe("ch10-lenet", 1, 10, "LeNet-5-like MNIST classifier (conv 32, conv 64, fc 512) whose 512 "
                          "features chapter 10's FID uses; binarized images, Adam, 10 epochs"),
+        ClassifierRecipe("ch10-lenet-seed1", 1, 10, "ch10-lenet trained with seed 1 (train with --record-only: its "
+                         "record, not its weights), which also scores the four committed Table-2 WAEs on their "
+                         "recorded prior samples", seed=1,
+                         score_generators=tuple(f"ch10-wae-{reg}-{lat}" for reg in ("gan", "mvl")
+                                                for lat in ("euclidean", "sphere"))),
         WAERecipe("ch10-wae-mvl-sphere", 1, 10, "MNIST WAE (WMVL Table 2), codes on S^8, uniform prior, KL through an MVL-fitted marginal energy",
                   latent="sphere", regularizer="mvl"),
         WAERecipe("ch10-wae-mvl-euclidean", 1, 10, "MNIST WAE (WMVL Table 2), codes in R^8, N(0, I) prior, KL through an MVL-fitted marginal energy",
